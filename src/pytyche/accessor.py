@@ -1,0 +1,41 @@
+"""The ``ds.tyche`` accessor: one-line forwards to :mod:`pytyche.analysis`."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from . import analysis
+from .results import posterior
+
+
+@xr.register_dataset_accessor("tyche")
+class TycheAccessor:
+    """pytyche's methods on a posterior Dataset, as ``ds.tyche.<method>``.
+
+    Each method wraps the Dataset with :func:`pytyche.posterior` and calls the function of
+    the same name in :mod:`pytyche.analysis`.
+    """
+
+    def __init__(self, dataset: xr.Dataset):
+        self._dataset = dataset
+
+    @property
+    def result(self):
+        """The typed result of this Dataset: ``pytyche.posterior(ds)``."""
+        return posterior(self._dataset)
+
+    def thompson_allocation(self, segments, epsilon: float = 0.02) -> dict[int, dict[str, float]]:
+        """Call :func:`pytyche.analysis.thompson_allocation` on this Dataset."""
+        return analysis.thompson_allocation(self.result, segments, epsilon=epsilon)
+
+    def segment_means(self, segments) -> xr.DataArray:
+        """Call :func:`pytyche.analysis.segment_means` on this Dataset."""
+        return analysis.segment_means(self.result, segments)
+
+    def win_frequencies(self, segments) -> xr.DataArray:
+        """Call :func:`pytyche.analysis.win_frequencies` on this Dataset."""
+        return analysis.win_frequencies(self.result, segments)
+
+    def membership(self, segments) -> xr.DataArray:
+        """Call :func:`pytyche.analysis.membership` on this Dataset's observed data."""
+        return analysis.membership(segments, analysis._check_result(self.result).observed)

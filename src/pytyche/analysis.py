@@ -1,0 +1,234 @@
+"""Public analysis functions: from a posterior and segments to per-segment decisions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from numbers import Real
+
+import dask
+import numpy as np
+import xarray as xr
+
+from ._kernels import apply_exploration_floor
+from .reduction import segment_sums
+from .results import ARM, BinaryBCFResult, ContinuousBCFResult, HurdleBCFResult, _BCFResult
+from .segments import DiscoveredSegment, as_segments, membership
+
+__all__ = ["membership", "segment_means", "thompson_allocation", "win_frequencies"]
+
+ACCEPTED_RESULTS = (HurdleBCFResult, ContinuousBCFResult, BinaryBCFResult)
+Segments = Sequence[DiscoveredSegment] | Mapping[int, object]
+
+
+def segment_means(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
+    """Segment-mean expected metric per posterior sample and arm.
+
+    The mean over a segment's members of the per-visitor metric (conversion probability,
+    expected outcome, or conversion × value), for every draw. One streaming pass over the
+    posterior; lazy on a dask-backed posterior.
+
+    Parameters
+    ----------
+    posterior : HurdleBCFResult | ContinuousBCFResult | BinaryBCFResult
+        A posterior carrying observed data.
+    segments : Sequence[DiscoveredSegment]
+        Segments to summarize; only ``id`` and ``rule`` are used. A mapping ``{id: rule}``
+        is accepted too.
+
+    Returns
+    -------
+    xarray.DataArray
+        float64, dims (segment, sample dims..., arm), coordinates ``segment`` (the ids),
+        ``rule`` and ``arm``. A segment with no members, or whose members have a non-finite
+        draw, is NaN throughout (:func:`thompson_allocation` raises on both instead).
+
+    Raises
+    ------
+    TypeError
+        When ``posterior`` is not one of the three result types.
+    ValueError
+        When ``posterior.observed`` is None, or the segments are empty or share an id.
+    """
+    _, means, _, _ = _segment_statistics(posterior, segments)
+    return means
+
+
+def win_frequencies(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
+    """Posterior probability that each arm is each segment's best arm (no exploration floor).
+
+    Each posterior sample votes once per segment, for the treatment whose segment-mean
+    contrast against control is largest, or for control when no contrast is positive; ties go
+    to the earlier arm. Lazy on a dask-backed posterior.
+
+    Parameters
+    ----------
+    posterior : HurdleBCFResult | ContinuousBCFResult | BinaryBCFResult
+        A posterior carrying observed data.
+    segments : Sequence[DiscoveredSegment]
+        Segments to allocate over; only ``id`` and ``rule`` are used.
+
+    Returns
+    -------
+    xarray.DataArray
+        float64 (segment, arm) win frequencies, each row summing to 1; NaN rows for segments
+        with no members or non-finite draws.
+
+    Raises
+    ------
+    TypeError
+        When ``posterior`` is not one of the three result types.
+    ValueError
+        When ``posterior.observed`` is None, or the segments are empty or share an id.
+    """
+    result, means, _, valid = _segment_statistics(posterior, segments)
+    wins = _win_counts(means, result.sample_dims)
+    return (wins / result.n_samples).where(valid).rename("win_frequency")
+
+
+def thompson_allocation(
+    posterior: _BCFResult, segments: Segments, epsilon: float = 0.02
+) -> dict[int, dict[str, float]]:
+    """Per-segment traffic split: each arm's weight is the posterior probability that it is the
+    segment's best arm.
+
+    This is Thompson sampling at segment granularity. Each posterior draw casts one vote per
+    segment: the draw's treatment-vs-control contrasts are averaged over the segment's members,
+    and the vote goes to the treatment with the largest contrast — or to control, when no
+    contrast is positive. An arm's weight is the fraction of draws it wins. Where the posterior
+    is confident, traffic concentrates on the winner; where arms are still close, traffic stays
+    spread across the contenders, so the next round collects evidence exactly where the
+    decision is open.
+
+    Every (chain, draw) pair votes once; ties go to the earlier arm. On a dask-backed posterior
+    the call builds one graph (member counts, non-finite check and win counts) and computes it
+    once; the floor is then applied in numpy to the small (segment, arm) result.
+
+    Parameters
+    ----------
+    posterior : HurdleBCFResult | ContinuousBCFResult | BinaryBCFResult
+        One of the three posterior result types, carrying observed data (raises otherwise).
+    segments : Sequence[DiscoveredSegment]
+        Segments to allocate over — typically ``fit_policy_tree(...).segments``. Only ``id``
+        and ``rule`` are consumed. Membership is each segment's rule applied to the
+        concatenated visitor rows (all of ``variants[0]``'s rows, then ``variants[1]``'s, and so
+        on — the same row order every per-visitor sample array uses). Segments may overlap.
+    epsilon : float, default 0.02
+        Safety-net exploration floor: arms whose win frequency falls below ``epsilon / K`` are
+        raised to exactly ``epsilon / K`` and the rest rescaled to preserve sum-to-1,
+        iterating until stable — so no arm's traffic is starved to zero. Inert when every arm
+        is already above the floor; 0.0 returns raw win frequencies verbatim. This is NOT the
+        dial for how much traffic stays on control — that is ``min_control_weight`` /
+        ``min_explore_weight`` on the sequential experiment. In the canonical Control +
+        Explore + Optimized cell structure this floor is mostly redundant; rarely worth
+        overriding.
+
+    Returns
+    -------
+    dict[int, dict[str, float]]
+        ``{segment.id: {variant_name: weight}}`` — segments in the given order, inner dicts in
+        variant order (control first), control included, summing to 1.
+
+    Raises
+    ------
+    ValueError
+        When ``posterior.observed`` is None; when ``epsilon`` is outside [0, 1] or NaN (the
+        floor-clip is only well-defined on that range — ``epsilon > 1`` would demand per-arm
+        floors that cannot sum to 1); when a segment's rule matches zero visitors (an empty
+        mean over members would silently produce NaN weights); when two segments share an id;
+        or when a member's draws contain NaN or infinity.
+    TypeError
+        When ``posterior`` is not an accepted result type (a bare Dataset included: use
+        ``ds.tyche.thompson_allocation``).
+
+    Examples
+    --------
+    >>> import pytyche as pt
+    >>> result = pt.example_posterior(n_visitors=2_000, n_draws=200, seed=1)
+    >>> segments = [pt.DiscoveredSegment(0, "device == 'mobile'"),
+    ...             pt.DiscoveredSegment(1, "device != 'mobile'")]
+    >>> allocation = pt.thompson_allocation(result, segments, epsilon=0.02)
+    >>> sorted(allocation)
+    [0, 1]
+    >>> round(sum(allocation[0].values()), 12)
+    1.0
+    """
+    epsilon = _check_epsilon(epsilon)
+    result, means, members, valid = _segment_statistics(posterior, segments)
+    wins = _win_counts(means, result.sample_dims)
+    wins, members, valid = dask.compute(wins, members, valid)
+
+    rules = means.coords["rule"].values
+    for segment_id, rule, count, ok in zip(
+        wins.coords["segment"].values, rules, members.values, valid.values, strict=True
+    ):
+        if count == 0:
+            raise ValueError(
+                f"segment {int(segment_id)} ({rule}) matches zero visitors: its mean over "
+                "members is undefined; drop it or widen its rule"
+            )
+        if not ok:
+            raise ValueError(
+                f"segment {int(segment_id)} ({rule}): a member's posterior draws contain NaN "
+                "or infinity; check the posterior"
+            )
+    frequencies = wins.values / result.n_samples
+    weights = apply_exploration_floor(frequencies, epsilon)
+    arms = result.variants
+    return {
+        int(segment_id): {arm: float(w) for arm, w in zip(arms, row, strict=True)}
+        for segment_id, row in zip(wins.coords["segment"].values, weights, strict=True)
+    }
+
+
+def _check_result(posterior) -> _BCFResult:
+    if not isinstance(posterior, ACCEPTED_RESULTS):
+        hint = (
+            " (for a Dataset, call ds.tyche.thompson_allocation or wrap it with "
+            "pytyche.posterior(ds))"
+            if isinstance(posterior, xr.Dataset)
+            else ""
+        )
+        names = ", ".join(cls.__name__ for cls in ACCEPTED_RESULTS)
+        raise TypeError(f"posterior must be one of {names}; got {type(posterior).__name__}{hint}")
+    if posterior.observed is None:
+        raise ValueError(
+            "the posterior carries no observed data (no 'variant' coordinate along visitor), "
+            "so segment rules have no covariates to match"
+        )
+    return posterior
+
+
+def _check_epsilon(epsilon) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, Real):
+        raise TypeError(f"epsilon must be a real number in [0, 1], got {epsilon!r}")
+    epsilon = float(epsilon)
+    if math.isnan(epsilon) or not 0.0 <= epsilon <= 1.0:
+        raise ValueError(
+            f"epsilon must be in [0, 1], got {epsilon!r}: the floor epsilon / K per arm can "
+            "only sum to at most 1"
+        )
+    return epsilon
+
+
+def _segment_statistics(posterior, segments):
+    """The result, lazy segment means, member counts and a per-segment 'usable' flag."""
+    result = _check_result(posterior)
+    member = membership(as_segments(segments), result.observed)
+    sums, members = segment_sums(result, member)
+    # Empty or non-finite segments become NaN before any arithmetic that would warn on them.
+    valid = np.isfinite(sums).all([d for d in sums.dims if d != "segment"]) & (members > 0)
+    means = (sums / members.where(members > 0)).where(valid).rename("segment_mean")
+    return result, means, members, valid
+
+
+def _win_counts(means: xr.DataArray, sample_dims: tuple[str, ...]) -> xr.DataArray:
+    """(segment, arm) count of samples in which each arm has the largest mean contrast.
+
+    Control's contrast is exactly zero and ``argmax`` takes the first maximum, so control
+    wins unless some treatment's contrast is strictly positive.
+    """
+    contrast = means - means.isel({ARM: 0})
+    winner = contrast.argmax(ARM, skipna=False)
+    arm_index = xr.DataArray(np.arange(means.sizes[ARM]), dims=ARM, coords={ARM: means[ARM]})
+    return (winner == arm_index).sum(sample_dims, dtype=np.int64).rename("wins")

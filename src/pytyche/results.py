@@ -1,0 +1,254 @@
+"""The posterior contract (schema 1) and the three typed result views over it."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BinaryBCFResult",
+    "ContinuousBCFResult",
+    "HurdleBCFResult",
+    "posterior",
+]
+
+SCHEMA_VERSION = 1
+VISITOR, DRAW, CHAIN, ARM = "visitor", "draw", "chain", "arm"
+
+
+class _BCFResult:
+    """A validated, read-only view of a posterior Dataset in the pytyche contract.
+
+    Subclasses name their family and the variables whose product is the per-visitor expected
+    metric. Construction checks dims, coordinates and attributes only; it never loads the
+    posterior's draws.
+    """
+
+    family: ClassVar[str]
+    metric_variables: ClassVar[tuple[str, ...]]
+
+    def __init__(self, dataset: xr.Dataset):
+        if not isinstance(dataset, xr.Dataset):
+            raise TypeError(
+                f"{type(self).__name__} wraps an xarray.Dataset, got {type(dataset).__name__}"
+            )
+        _validate(dataset, self.family, self.metric_variables)
+        self._dataset = dataset
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        """The posterior Dataset this result views."""
+        return self._dataset
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Arm names in order, control first."""
+        return tuple(str(arm) for arm in self._dataset[ARM].values)
+
+    @property
+    def control(self) -> str:
+        """The control arm's name (the first arm)."""
+        return self.variants[0]
+
+    @property
+    def sample_dims(self) -> tuple[str, ...]:
+        """The dims over which draws vote: ``("chain", "draw")`` or ``("draw",)``."""
+        dims = self._dataset[self.metric_variables[0]].dims
+        return (CHAIN, DRAW) if CHAIN in dims else (DRAW,)
+
+    @property
+    def n_samples(self) -> int:
+        """Number of posterior samples: every (chain, draw) pair counts once."""
+        return int(np.prod([self._dataset.sizes[d] for d in self.sample_dims]))
+
+    @property
+    def observed(self) -> xr.Dataset | None:
+        """The visitor-level observed data (coordinates along ``visitor``), or None.
+
+        A posterior without a ``variant`` coordinate carries no observed data.
+        """
+        if "variant" not in self._dataset.coords:
+            return None
+        names = [
+            name
+            for name, coord in self._dataset.coords.items()
+            if coord.dims == (VISITOR,) and name != VISITOR
+        ]
+        observed = xr.Dataset({name: self._dataset.coords[name].variable for name in names})
+        if VISITOR in self._dataset.indexes:
+            observed = observed.assign_coords({VISITOR: self._dataset.indexes[VISITOR]})
+        return observed
+
+    def metric_factors(self) -> tuple[xr.DataArray, ...]:
+        """The variables whose product is the metric, each (visitor, sample dims..., arm).
+
+        Transposed lazily to the visitor-major layout the reductions stream over.
+        """
+        order = (VISITOR, *self.sample_dims, ARM)
+        return tuple(
+            self._dataset[name].transpose(*order).reset_coords(drop=True)
+            for name in self.metric_variables
+        )
+
+    def metric(self) -> xr.DataArray:
+        """Per-visitor expected metric for every draw and arm, (visitor, sample dims..., arm).
+
+        Lazy on a dask-backed posterior.
+        """
+        factors = self.metric_factors()
+        metric = factors[0] if len(factors) == 1 else factors[0] * factors[1]
+        return metric.rename("metric")
+
+    def contrast(self) -> xr.DataArray:
+        """Per-visitor contrast of each arm against control: ``metric - metric[control]``.
+
+        The control column is zero. Lazy on a dask-backed posterior.
+        """
+        metric = self.metric()
+        return (metric - metric.isel({ARM: 0})).rename("contrast")
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{d}: {n}" for d, n in self._dataset.sizes.items())
+        return f"<{type(self).__name__} ({sizes}) arms={list(self.variants)}>"
+
+
+class BinaryBCFResult(_BCFResult):
+    """Posterior of a binary outcome: ``conversion`` = P(convert | visitor, arm)."""
+
+    family = "binary"
+    metric_variables = ("conversion",)
+
+
+class ContinuousBCFResult(_BCFResult):
+    """Posterior of a continuous outcome: ``expected`` = E[outcome | visitor, arm]."""
+
+    family = "continuous"
+    metric_variables = ("expected",)
+
+
+class HurdleBCFResult(_BCFResult):
+    """Posterior of a hurdle outcome (e.g. revenue per visitor).
+
+    ``conversion`` = P(convert | visitor, arm) and ``value`` = E[outcome | converted, visitor,
+    arm]; the metric is their product.
+    """
+
+    family = "hurdle"
+    metric_variables = ("conversion", "value")
+
+
+RESULT_TYPES: dict[str, type[_BCFResult]] = {
+    cls.family: cls for cls in (BinaryBCFResult, ContinuousBCFResult, HurdleBCFResult)
+}
+
+
+def posterior(dataset: xr.Dataset) -> _BCFResult:
+    """Wrap a posterior Dataset in the result type of its family.
+
+    The family is the ``pytyche_family`` attribute when present, else inferred from the
+    variables: ``conversion`` and ``value`` → hurdle, ``conversion`` → binary, ``expected`` →
+    continuous.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        A posterior in the pytyche contract.
+
+    Returns
+    -------
+    BinaryBCFResult or ContinuousBCFResult or HurdleBCFResult
+
+    Raises
+    ------
+    TypeError
+        When ``dataset`` is not an xarray Dataset.
+    ValueError
+        When the family cannot be determined or the Dataset breaks the contract.
+    """
+    if not isinstance(dataset, xr.Dataset):
+        raise TypeError(f"posterior() takes an xarray.Dataset, got {type(dataset).__name__}")
+    family = dataset.attrs.get("pytyche_family")
+    if family is None:
+        if "conversion" in dataset and "value" in dataset:
+            family = "hurdle"
+        elif "conversion" in dataset:
+            family = "binary"
+        elif "expected" in dataset:
+            family = "continuous"
+        else:
+            raise ValueError(
+                "cannot tell the posterior's family: no pytyche_family attribute and none of "
+                f"the family variables 'conversion', 'expected'; variables: {list(dataset)}"
+            )
+    if family not in RESULT_TYPES:
+        raise ValueError(
+            f"unknown pytyche_family {family!r}; expected one of {sorted(RESULT_TYPES)}"
+        )
+    return RESULT_TYPES[family](dataset)
+
+
+def _validate(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
+    """Check the contract from metadata alone (and the small ``variant`` labels in memory)."""
+    declared = ds.attrs.get("pytyche_family", family)
+    if declared != family:
+        raise ValueError(
+            f"pytyche_family is {declared!r} but this is a {family} result; use "
+            "pytyche.posterior(ds) to pick the result type from the Dataset"
+        )
+    schema = ds.attrs.get("pytyche_schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise ValueError(f"pytyche_schema is {schema!r}; this pytyche reads schema 1")
+    for name in variables:
+        if name not in ds.data_vars:
+            raise ValueError(
+                f"a {family} posterior needs the variable {name!r}; found {list(ds.data_vars)}"
+            )
+    dims = set(ds[variables[0]].dims)
+    for name in variables:
+        var = ds[name]
+        missing = {VISITOR, DRAW, ARM} - set(var.dims)
+        if missing:
+            raise ValueError(
+                f"variable {name!r} lacks the dim(s) {sorted(missing)}; it has {var.dims}, "
+                "expected (visitor, draw, arm) with an optional chain"
+            )
+        extra = set(var.dims) - {VISITOR, DRAW, ARM, CHAIN}
+        if extra:
+            raise ValueError(
+                f"variable {name!r} has unexpected dim(s) {sorted(extra)}; expected "
+                "(visitor, draw, arm) with an optional chain"
+            )
+        if set(var.dims) != dims:
+            raise ValueError(
+                f"variables {variables[0]!r} and {name!r} have different dims: "
+                f"{ds[variables[0]].dims} and {var.dims}"
+            )
+        if not (np.issubdtype(var.dtype, np.floating) or np.issubdtype(var.dtype, np.integer)):
+            raise ValueError(f"variable {name!r} has dtype {var.dtype}; expected a real number")
+    if ARM not in ds.coords:
+        raise ValueError("the posterior has no 'arm' coordinate naming its variants")
+    arms = [str(a) for a in ds[ARM].values]
+    if len(arms) < 2:
+        raise ValueError(f"a posterior needs at least 2 arms (control first), got {arms}")
+    duplicates = sorted({a for a in arms if arms.count(a) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate arm names {duplicates} in the 'arm' coordinate {arms}")
+    if "variant" in ds.coords:
+        variant = ds.coords["variant"]
+        if variant.dims != (VISITOR,):
+            raise ValueError(f"coordinate 'variant' has dims {variant.dims}; expected (visitor,)")
+        # Labels of a lazily opened store stay unread: checking them needs a compute.
+        if not _is_dask(variant):
+            unknown = sorted(set(np.unique(variant.values.astype(str))) - set(arms))
+            if unknown:
+                raise ValueError(
+                    f"'variant' holds values that are not arm names: {unknown[:10]}; "
+                    f"arms are {arms}"
+                )
+
+
+def _is_dask(array: xr.DataArray) -> bool:
+    return array.chunks is not None

@@ -1,0 +1,859 @@
+"""Segments: named, interpretable rules over visitor covariates.
+
+A segment rule is an AND of simple clauses such as ``device == 'mobile'`` or
+``age > 40``.  Rules have a small text syntax that round-trips exactly::
+
+    everyone
+    device == 'mobile' and age > 40
+    plan in ('pro', 'team') and `page views` >= 3
+
+Rules are evaluated against an :class:`xarray.Dataset` of covariates laid out
+along the ``visitor`` dimension, lazily when the covariates are dask-backed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import operator
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = [
+    "Clause",
+    "DiscoveredSegment",
+    "SegmentRule",
+    "as_segments",
+    "membership",
+]
+
+VISITOR = "visitor"
+
+_SET_OPS = ("in", "not in")
+_ORDERED_OPS = ("<", "<=", ">", ">=")
+_OPS = ("==", "!=", *_ORDERED_OPS, *_SET_OPS)
+_COMPARE = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_KEYWORDS = frozenset({"and", "in", "not", "everyone", "True", "False"})
+_NONFINITE = frozenset({"nan", "inf", "infinity"})
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
+
+
+# --------------------------------------------------------------------------- literals
+
+
+def _literal(value: Any) -> bool | int | float | str:
+    """Normalise one literal to a plain Python bool/int/float/str, or raise ValueError."""
+    # bool before int: bool is an int subclass but a different kind of literal.
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        if not math.isfinite(value):
+            raise ValueError(f"literal must be a finite number, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    raise ValueError(
+        f"literal must be a str, int, float or bool, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _literal_kind(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "text"
+    return "number"
+
+
+def _format_literal(value: bool | int | float | str) -> str:
+    if isinstance(value, str):
+        escaped = (
+            value.replace("\\", "\\\\")
+            .replace("'", "\\'")
+            .replace("\n", "\\n")
+            .replace("\t", "\\t")
+        )
+        return f"'{escaped}'"
+    return repr(value)
+
+
+def _format_name(name: str) -> str:
+    if _IDENT.fullmatch(name) and name not in _KEYWORDS:
+        return name
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _dtype_kind(dtype: Any) -> str:
+    """Map a numpy or pandas dtype to ``'text'``, ``'number'`` or ``'bool'``."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        dtype = dtype.categories.dtype
+    kind = getattr(dtype, "kind", None)
+    if kind is None:
+        kind = np.dtype(dtype).kind
+    if kind in "USO":
+        return "text"
+    if kind in "iuf":
+        return "number"
+    if kind == "b":
+        return "bool"
+    return "unsupported"
+
+
+# --------------------------------------------------------------------------- Clause
+
+
+@dataclass(frozen=True, eq=False)
+class Clause:
+    """One comparison between a covariate and a literal.
+
+    Parameters
+    ----------
+    covariate : str
+        Name of a covariate along ``visitor``.
+    op : {'==', '!=', '<', '<=', '>', '>=', 'in', 'not in'}
+        Comparison operator.  Ordered operators apply to numeric covariates only.
+    value : str, int, float, bool or tuple of these
+        A single literal, or for ``in`` / ``not in`` a non-empty tuple (a list is
+        accepted and converted) of literals of one kind.  Floats must be finite.
+
+    Raises
+    ------
+    ValueError
+        If the operator is unknown or the value does not fit it.
+    TypeError
+        If `covariate` is not a string.
+
+    Notes
+    -----
+    Equality is type-strict: ``Clause('x', '==', 1)`` differs from
+    ``Clause('x', '==', True)`` and from ``Clause('x', '==', 1.0)``, because
+    they print (and may evaluate) differently.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Clause("age", ">", 40).evaluate(np.array([30.0, 50.0, np.nan]))
+    array([False,  True, False])
+    >>> str(Clause("plan", "in", ("pro", "team")))
+    "plan in ('pro', 'team')"
+    """
+
+    covariate: str
+    op: str
+    value: Any
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.covariate, str):
+            raise TypeError(f"covariate name must be a str, got {self.covariate!r}")
+        if not self.covariate:
+            raise ValueError("covariate name must not be empty")
+        if self.op not in _OPS:
+            raise ValueError(f"unknown operator {self.op!r}; expected one of {', '.join(_OPS)}")
+        if self.op in _SET_OPS:
+            if not isinstance(self.value, tuple | list) or not self.value:
+                raise ValueError(
+                    f"{self.op!r} needs a non-empty tuple of literals, got {self.value!r}"
+                )
+            value: Any = tuple(_literal(v) for v in self.value)
+            kinds = {_literal_kind(v) for v in value}
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"literals of {self.op!r} must all be of one kind "
+                    f"(text, number or bool), got {self.value!r}"
+                )
+        else:
+            if isinstance(self.value, tuple | list):
+                raise ValueError(f"{self.op!r} needs a single literal, got {self.value!r}")
+            value = _literal(self.value)
+        object.__setattr__(self, "value", value)
+
+    @property
+    def literals(self) -> tuple[bool | int | float | str, ...]:
+        """The literal(s) as a tuple (one element unless the op is ``in``/``not in``)."""
+        return self.value if self.op in _SET_OPS else (self.value,)
+
+    def _key(self) -> tuple:
+        return (self.covariate, self.op, tuple((type(v), v) for v in self.literals))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Clause):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        name = _format_name(self.covariate)
+        if self.op in _SET_OPS:
+            items = ", ".join(_format_literal(v) for v in self.value)
+            return f"{name} {self.op} ({items})"
+        return f"{name} {self.op} {_format_literal(self.value)}"
+
+    def check_dtype(self, dtype: Any) -> str:
+        """Check that this clause can be applied to a covariate of `dtype`.
+
+        Parameters
+        ----------
+        dtype : numpy or pandas dtype
+            Dtype of the covariate.  Kinds ``U``/``S``/``O`` are text, ``i``/``u``/``f``
+            numbers, ``b`` booleans; a categorical uses its categories' dtype.
+
+        Returns
+        -------
+        str
+            The covariate kind: ``'text'``, ``'number'`` or ``'bool'``.
+
+        Raises
+        ------
+        TypeError
+            If the dtype is unsupported, an ordered operator is used on a non-numeric
+            covariate, or the literal's kind differs from the covariate's.
+
+        Examples
+        --------
+        >>> Clause("age", ">", 40).check_dtype(np.dtype("float64"))
+        'number'
+        >>> Clause("device", ">", "m").check_dtype(np.dtype("<U6"))
+        Traceback (most recent call last):
+        ...
+        TypeError: operator '>' needs a numeric covariate, but 'device' has dtype <U6 (text)
+        """
+        kind = _dtype_kind(dtype)
+        if kind == "unsupported":
+            raise TypeError(
+                f"covariate {self.covariate!r} has unsupported dtype {dtype}; "
+                "expected text, numbers or booleans"
+            )
+        if self.op in _ORDERED_OPS and kind != "number":
+            raise TypeError(
+                f"operator {self.op!r} needs a numeric covariate, "
+                f"but {self.covariate!r} has dtype {dtype} ({kind})"
+            )
+        for literal in self.literals:
+            if _literal_kind(literal) != kind:
+                raise TypeError(
+                    f"cannot compare covariate {self.covariate!r} (dtype {dtype}, {kind}) "
+                    f"with {_format_literal(literal)} ({_literal_kind(literal)})"
+                )
+        return kind
+
+    def evaluate(self, values: np.ndarray) -> np.ndarray:
+        """Apply the clause to one block of covariate values.
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            Covariate values of any shape (a pandas extension array also works).
+            Missing values (NaN, None, ``pd.NA``) match no clause, negated ones included.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean array of the same shape.
+
+        Raises
+        ------
+        TypeError
+            As :meth:`check_dtype`.
+
+        Examples
+        --------
+        >>> Clause("plan", "!=", "pro").evaluate(np.array(["pro", None, "free"], dtype=object))
+        array([False, False,  True])
+        """
+        if not hasattr(values, "dtype"):
+            values = np.asarray(values)
+        # Check the original dtype: extension arrays (Int64, boolean) become object below.
+        self.check_dtype(values.dtype)
+        values = np.asarray(values)
+        # Drop missing entries before comparing, so ``None < 3`` is never attempted.
+        present = ~np.asarray(pd.isna(values), dtype=bool)
+        out = np.zeros(values.shape, dtype=bool)
+        kept = values[present]
+        if kept.size:
+            out[present] = self._compare(kept)
+        return out
+
+    def _compare(self, values: np.ndarray) -> np.ndarray:
+        literals = self.literals
+        if values.dtype.kind == "S":
+            literals = tuple(v.encode() for v in literals)
+        if self.op in _SET_OPS:
+            hit = np.zeros(values.shape, dtype=bool)
+            for literal in literals:
+                hit |= np.asarray(values == literal, dtype=bool)
+            return hit if self.op == "in" else ~hit
+        return np.asarray(_COMPARE[self.op](values, literals[0]), dtype=bool)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class _Token(NamedTuple):
+    kind: str  # name, qname, str, num, op, (, ), ",", end
+    value: Any
+    pos: int
+
+
+def _error(text: str, pos: int, message: str) -> ValueError:
+    return ValueError(f"{message} at position {pos} in {text!r}")
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch in "(),":
+            tokens.append(_Token(ch, ch, i))
+            i += 1
+        elif ch in "=!<>":
+            two = text[i : i + 2]
+            if two in ("==", "!=", "<=", ">="):
+                tokens.append(_Token("op", two, i))
+                i += 2
+            elif ch in "<>":
+                tokens.append(_Token("op", ch, i))
+                i += 1
+            else:
+                raise _error(text, i, f"unexpected {ch!r} (did you mean '{ch}='?)")
+        elif ch in "'\"":
+            value, end = _scan_string(text, i)
+            tokens.append(_Token("str", value, i))
+            i = end
+        elif ch == "`":
+            start, i, chars = i, i + 1, []
+            while True:
+                if i >= n:
+                    raise _error(text, start, "unterminated backtick name starting")
+                if text[i] == "`":
+                    if text[i + 1 : i + 2] == "`":
+                        chars.append("`")
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                chars.append(text[i])
+                i += 1
+            if not chars:
+                raise _error(text, start, "empty backtick name")
+            tokens.append(_Token("qname", "".join(chars), start))
+        elif match := _NUMBER.match(text, i):
+            tokens.append(_Token("num", _number(text, i, match.group()), i))
+            i = match.end()
+        elif match := _IDENT.match(text, i):
+            tokens.append(_Token("name", match.group(), i))
+            i = match.end()
+        else:
+            word = _IDENT.match(text, i + 1) if ch == "-" else None
+            if word and word.group().lower() in _NONFINITE:
+                raise _error(text, i, "numbers must be finite, got '-" + word.group() + "'")
+            raise _error(text, i, f"unexpected character {ch!r}")
+    tokens.append(_Token("end", None, n))
+    return tokens
+
+
+def _scan_string(text: str, start: int) -> tuple[str, int]:
+    quote, i, chars = text[start], start + 1, []
+    while i < len(text):
+        ch = text[i]
+        if ch == quote:
+            return "".join(chars), i + 1
+        if ch == "\\":
+            escape = text[i + 1 : i + 2]
+            if not escape:
+                break
+            if escape not in _ESCAPES:
+                raise _error(text, i, f"unknown escape '\\{escape}' in string")
+            chars.append(_ESCAPES[escape])
+            i += 2
+        else:
+            chars.append(ch)
+            i += 1
+    raise _error(text, start, "unterminated string starting")
+
+
+def _number(text: str, pos: int, digits: str) -> int | float:
+    try:
+        value: int | float = float(digits) if any(c in digits for c in ".eE") else int(digits)
+    except ValueError:  # e.g. more digits than int() will convert
+        raise _error(text, pos, f"invalid number {digits!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _error(text, pos, f"numbers must be finite, got {digits!r}")
+    return value
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def peek(self) -> _Token:
+        return self.tokens[self.i]
+
+    def take(self) -> _Token:
+        token = self.tokens[self.i]
+        self.i += 1
+        return token
+
+    def fail(self, token: _Token, message: str) -> ValueError:
+        return _error(self.text, token.pos, message)
+
+    def is_word(self, token: _Token, word: str) -> bool:
+        return token.kind == "name" and token.value == word
+
+    def rule(self) -> SegmentRule:
+        if len(self.tokens) == 2 and self.is_word(self.tokens[0], "everyone"):
+            return SegmentRule()
+        clauses = [self.clause()]
+        while self.is_word(self.peek(), "and"):
+            self.take()
+            clauses.append(self.clause())
+        if self.peek().kind != "end":
+            raise self.fail(self.peek(), "expected 'and' or the end of the rule")
+        return SegmentRule(tuple(clauses))
+
+    def clause(self) -> Clause:
+        token = self.take()
+        if token.kind == "qname" or (token.kind == "name" and token.value not in _KEYWORDS):
+            name = token.value
+        elif token.kind == "name":
+            raise self.fail(token, f"{token.value!r} is a keyword; quote the covariate as `name`")
+        else:
+            raise self.fail(token, "expected a covariate name")
+        op_token = self.take()
+        if op_token.kind == "op":
+            op = op_token.value
+        elif self.is_word(op_token, "in"):
+            op = "in"
+        elif self.is_word(op_token, "not"):
+            if not self.is_word(self.take(), "in"):
+                raise self.fail(self.tokens[self.i - 1], "expected 'in' after 'not'")
+            op = "not in"
+        else:
+            raise self.fail(op_token, "expected an operator")
+        if op in _SET_OPS:
+            if self.peek().kind != "(":
+                raise self.fail(self.peek(), f"expected '(' after {op!r}")
+            self.take()
+            values = [self.literal()]
+            while self.peek().kind == ",":
+                self.take()
+                if self.peek().kind == ")":
+                    break
+                values.append(self.literal())
+            if self.peek().kind != ")":
+                raise self.fail(self.peek(), "expected ',' or ')'")
+            self.take()
+            value: Any = tuple(values)
+        else:
+            value = self.literal()
+        try:
+            return Clause(name, op, value)
+        except ValueError as exc:
+            raise self.fail(token, str(exc)) from None
+
+    def literal(self) -> bool | int | float | str:
+        token = self.take()
+        if token.kind in ("str", "num"):
+            return token.value
+        if self.is_word(token, "True") or self.is_word(token, "False"):
+            return token.value == "True"
+        if token.kind == "name" and token.value.lower() in _NONFINITE:
+            raise self.fail(token, f"numbers must be finite, got {token.value!r}")
+        raise self.fail(token, "expected a literal (string, number, True or False)")
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """An AND of :class:`Clause` objects; no clauses matches every visitor.
+
+    Parameters
+    ----------
+    clauses : tuple of Clause, default ()
+        The clauses, all of which must hold.  A list is accepted and converted.
+
+    Raises
+    ------
+    TypeError
+        If an element of `clauses` is not a :class:`Clause`.
+
+    Examples
+    --------
+    >>> rule = SegmentRule.parse("device == 'mobile' and age > 40")
+    >>> rule.covariates
+    ('device', 'age')
+    >>> str(rule & SegmentRule.parse("plan in ('pro', 'team')"))
+    "device == 'mobile' and age > 40 and plan in ('pro', 'team')"
+    >>> str(SegmentRule.everyone())
+    'everyone'
+    """
+
+    clauses: tuple[Clause, ...] = ()
+
+    def __post_init__(self) -> None:
+        clauses = tuple(self.clauses)
+        for clause in clauses:
+            if not isinstance(clause, Clause):
+                raise TypeError(f"expected Clause objects, got {clause!r}")
+        object.__setattr__(self, "clauses", clauses)
+
+    @classmethod
+    def parse(cls, text: str) -> SegmentRule:
+        """Parse rule text.
+
+        The grammar is ``everyone`` or ``clause ("and" clause)*`` with
+        ``clause := name op literal | name ("in" | "not in") "(" literal ("," literal)* [","] ")"``.
+        Names are identifiers or backtick-quoted (a backtick doubled inside);
+        literals are quoted strings (escapes ``\\\\ \\' \\" \\n \\t``), finite
+        ints and floats, ``True`` and ``False``.
+
+        Parameters
+        ----------
+        text : str
+            The rule text.
+
+        Returns
+        -------
+        SegmentRule
+
+        Raises
+        ------
+        ValueError
+            If the text is malformed; the message gives the 0-based position.
+        TypeError
+            If `text` is not a string.
+
+        Examples
+        --------
+        >>> SegmentRule.parse("`page views` >= 3 and plan not in ('free',)").clauses[1]
+        Clause(covariate='plan', op='not in', value=('free',))
+        >>> SegmentRule.parse("age >> 3")
+        Traceback (most recent call last):
+        ...
+        ValueError: expected a literal (string, number, True or False) at position 5 in 'age >> 3'
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"rule text must be a str, got {type(text).__name__}")
+        return _Parser(text).rule()
+
+    @classmethod
+    def everyone(cls) -> SegmentRule:
+        """Return the rule with no clauses, which matches every visitor.
+
+        Returns
+        -------
+        SegmentRule
+
+        Examples
+        --------
+        >>> SegmentRule.everyone() == SegmentRule.parse("everyone")
+        True
+        """
+        return cls()
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        """Distinct covariate names, in order of first appearance."""
+        return tuple(dict.fromkeys(c.covariate for c in self.clauses))
+
+    def __and__(self, other: SegmentRule | str) -> SegmentRule:
+        if isinstance(other, str):
+            other = SegmentRule.parse(other)
+        if not isinstance(other, SegmentRule):
+            return NotImplemented
+        return SegmentRule(self.clauses + other.clauses)
+
+    def __str__(self) -> str:
+        return " and ".join(map(str, self.clauses)) if self.clauses else "everyone"
+
+    def __repr__(self) -> str:
+        return f"SegmentRule.parse({json.dumps(str(self), ensure_ascii=False)})"
+
+    def evaluate(self, observed: xr.Dataset) -> xr.DataArray:
+        """Evaluate the rule for every visitor.
+
+        Parameters
+        ----------
+        observed : xarray.Dataset
+            Covariates: variables or non-index coordinates that are 1-D along ``visitor``.
+
+        Returns
+        -------
+        xarray.DataArray
+            Boolean, dims ``("visitor",)``, with the ``visitor`` index of `observed`
+            if it has one.  Dask-backed (nothing computed) when a covariate used is;
+            for the everyone rule, when any variable along ``visitor`` is.
+
+        Raises
+        ------
+        KeyError
+            If a covariate is not in `observed`; the message lists the available ones.
+        ValueError
+            If a covariate is not 1-D along ``visitor``, or `observed` has no
+            ``visitor`` dimension.
+        TypeError
+            If a clause does not fit its covariate's dtype (raised before computing).
+
+        Examples
+        --------
+        >>> ds = xr.Dataset({"age": ("visitor", [30.0, 50.0])})
+        >>> SegmentRule.parse("age > 40").evaluate(ds).values
+        array([False,  True])
+        """
+        return xr.DataArray(self._mask(observed), coords=_visitor_coords(observed))
+
+    def _mask(self, observed: xr.Dataset) -> xr.Variable:
+        if not self.clauses:
+            return _everyone(observed)
+        mask = None
+        for clause in self.clauses:
+            covariate = _covariate(observed, clause.covariate)
+            clause.check_dtype(covariate.dtype)
+            hit = xr.apply_ufunc(
+                clause.evaluate, covariate, dask="parallelized", output_dtypes=[bool]
+            )
+            mask = hit if mask is None else mask & hit
+        return mask
+
+
+def _covariates(observed: xr.Dataset) -> list[str]:
+    return [
+        str(name)
+        for name, var in observed.variables.items()
+        if var.dims == (VISITOR,) and name not in observed.xindexes
+    ]
+
+
+def _covariate(observed: xr.Dataset, name: str) -> xr.Variable:
+    if name not in observed.variables or name in observed.xindexes:
+        available = ", ".join(repr(n) for n in _covariates(observed)) or "none"
+        raise KeyError(
+            f"unknown covariate {name!r}; available covariates along {VISITOR!r}: {available}"
+        )
+    var = observed.variables[name]
+    if var.dims != (VISITOR,):
+        raise ValueError(f"covariate {name!r} must be 1-D along {VISITOR!r}, got dims {var.dims}")
+    return var
+
+
+def _visitor_size(observed: xr.Dataset) -> int:
+    if VISITOR not in observed.dims:
+        raise ValueError(f"observed has no {VISITOR!r} dimension (dims: {tuple(observed.dims)})")
+    return observed.sizes[VISITOR]
+
+
+def _visitor_chunks(observed: xr.Dataset) -> tuple[int, ...] | None:
+    """Visitor chunks of the first dask-backed variable along ``visitor``, if any."""
+    for var in observed.variables.values():
+        if VISITOR in var.dims and isinstance(var.data, da.Array):
+            return var.chunks[var.dims.index(VISITOR)]
+    return None
+
+
+def _everyone(observed: xr.Dataset) -> xr.Variable:
+    size = _visitor_size(observed)
+    chunks = _visitor_chunks(observed)
+    if chunks is None:
+        return xr.Variable(VISITOR, np.ones(size, dtype=bool))
+    return xr.Variable(VISITOR, da.ones(size, dtype=bool, chunks=(chunks,)))
+
+
+def _visitor_coords(observed: xr.Dataset) -> dict[str, xr.Variable]:
+    if VISITOR in observed.xindexes:
+        return {VISITOR: observed.variables[VISITOR]}
+    return {}
+
+
+# --------------------------------------------------------------------------- segments
+
+
+@dataclass(frozen=True)
+class DiscoveredSegment:
+    """A segment: an integer id and the rule that defines it.
+
+    Parameters
+    ----------
+    id : int
+        Segment id (numpy integers are converted; ``bool`` is rejected).
+    rule : SegmentRule or str
+        The rule, or its text (parsed with :meth:`SegmentRule.parse`).
+
+    Raises
+    ------
+    TypeError
+        If `id` is not an integer or `rule` is neither a rule nor text.
+    ValueError
+        If rule text is malformed.
+
+    Examples
+    --------
+    >>> DiscoveredSegment(3, "device == 'mobile' and age > 40")
+    DiscoveredSegment(id=3, rule="device == 'mobile' and age > 40")
+    """
+
+    id: int
+    rule: SegmentRule | str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.id, bool | np.bool_) or not isinstance(self.id, int | np.integer):
+            raise TypeError(
+                f"segment id must be an int, got {self.id!r} ({type(self.id).__name__})"
+            )
+        object.__setattr__(self, "id", int(self.id))
+        if isinstance(self.rule, str):
+            object.__setattr__(self, "rule", SegmentRule.parse(self.rule))
+        elif not isinstance(self.rule, SegmentRule):
+            raise TypeError(f"segment rule must be a SegmentRule or str, got {self.rule!r}")
+
+    def __repr__(self) -> str:
+        parts = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            text = (
+                json.dumps(str(value), ensure_ascii=False) if field.name == "rule" else repr(value)
+            )
+            parts.append(f"{field.name}={text}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def as_segments(
+    segments: Iterable[DiscoveredSegment] | Mapping[int, SegmentRule | str],
+) -> tuple[DiscoveredSegment, ...]:
+    """Normalise segments to a tuple of :class:`DiscoveredSegment`.
+
+    Parameters
+    ----------
+    segments : sequence of DiscoveredSegment, or mapping of id to rule
+        Items may be any objects with an integer ``id`` and a ``rule`` that is a
+        :class:`SegmentRule` or rule text; a mapping is ``{id: rule_or_text}``.
+
+    Returns
+    -------
+    tuple of DiscoveredSegment
+        In the given order.
+
+    Raises
+    ------
+    ValueError
+        If there are no segments, two share an id, or rule text is malformed.
+    TypeError
+        If `segments` is not a sequence or mapping (a bare string or a single
+        segment, say), or an item or id has the wrong type.
+
+    Examples
+    --------
+    >>> as_segments({0: "everyone", 1: "age > 40"})[1]
+    DiscoveredSegment(id=1, rule="age > 40")
+    """
+    if isinstance(segments, str | bytes | DiscoveredSegment | SegmentRule):
+        raise TypeError(
+            f"expected a sequence of segments or a mapping {{id: rule}}, "
+            f"got a single {type(segments).__name__}; wrap it in a list"
+        )
+    if isinstance(segments, Mapping):
+        result = [DiscoveredSegment(key, rule) for key, rule in segments.items()]
+    elif isinstance(segments, Iterable):
+        result = []
+        for item in segments:
+            if not isinstance(item, DiscoveredSegment):
+                if not (hasattr(item, "id") and hasattr(item, "rule")):
+                    raise TypeError(
+                        f"expected a DiscoveredSegment or an object with 'id' and 'rule', "
+                        f"got {item!r}"
+                    )
+                item = DiscoveredSegment(item.id, item.rule)
+            result.append(item)
+    else:
+        raise TypeError(
+            f"expected a sequence of segments or a mapping {{id: rule}}, "
+            f"got {type(segments).__name__}"
+        )
+    if not result:
+        raise ValueError("pass at least one segment; SegmentRule.everyone() covers all visitors")
+    seen: set[int] = set()
+    for segment in result:
+        if segment.id in seen:
+            raise ValueError(f"duplicate segment id {segment.id}")
+        seen.add(segment.id)
+    return tuple(result)
+
+
+def membership(
+    segments: Iterable[DiscoveredSegment] | Mapping[int, SegmentRule | str],
+    observed: xr.Dataset,
+) -> xr.DataArray:
+    """Which visitors belong to which segment.
+
+    Parameters
+    ----------
+    segments : sequence of DiscoveredSegment, or mapping of id to rule
+        Anything :func:`as_segments` accepts.
+    observed : xarray.Dataset
+        Covariates along ``visitor``.
+
+    Returns
+    -------
+    xarray.DataArray
+        Boolean, dims ``("segment", "visitor")``, with coordinates ``segment``
+        (the ids, int64), ``rule`` (canonical rule text along ``segment``) and the
+        ``visitor`` index of `observed` if it has one.  When any row is dask-backed,
+        the whole array is one dask array (nothing computed) with a single
+        ``segment`` chunk and the visitor chunks of the first dask-backed variable
+        of `observed`; otherwise it is numpy-backed.
+
+    Raises
+    ------
+    KeyError, ValueError, TypeError
+        As :func:`as_segments` and :meth:`SegmentRule.evaluate`.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"age": ("visitor", [30.0, 50.0])})
+    >>> membership({0: "everyone", 1: "age > 40"}, ds).values
+    array([[ True,  True],
+           [False,  True]])
+    """
+    segments = as_segments(segments)
+    rows = [segment.rule._mask(observed).data for segment in segments]
+    if any(isinstance(row, da.Array) for row in rows):
+        chunks = _visitor_chunks(observed)
+        rows = [
+            row.rechunk((chunks,)) if isinstance(row, da.Array) else da.from_array(row, (chunks,))
+            for row in rows
+        ]
+        data = da.stack(rows).rechunk({0: -1})
+    else:
+        data = np.stack(rows)
+    coords: dict[str, Any] = {
+        "segment": np.array([s.id for s in segments], dtype=np.int64),
+        "rule": ("segment", np.array([str(s.rule) for s in segments])),
+        **_visitor_coords(observed),
+    }
+    return xr.DataArray(data, dims=("segment", VISITOR), coords=coords, name="membership")
