@@ -7,6 +7,10 @@ from .examples import example_posterior
 from .results import BinaryBCFResult, ContinuousBCFResult, HurdleBCFResult, posterior
 from .segments import Clause, DiscoveredSegment, SegmentRule, as_segments
 
+# -- posteriors from experiment data: observed data, simulator, BCF fits, persistence --
+
+# -- segment discovery: policy tree --
+
 __version__ = "0.1.0"
 
 __all__ = [
