@@ -8,8 +8,15 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import HealthCheck, settings
 
 import pytyche as pt
+
+# No deadline: the first example of a run may include numba compiling (or loading) a kernel.
+settings.register_profile(
+    "pytyche", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("pytyche")
 
 FAMILY_VARIABLES = {
     "binary": ("conversion",),

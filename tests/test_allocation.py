@@ -9,8 +9,9 @@ import pytest
 import xarray as xr
 
 import pytyche as pt
-from conftest import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset, random_result
 from pytyche._kernels import apply_exploration_floor
+
+from conftest import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset, random_result
 from reference import reference_allocation
 
 
@@ -237,6 +238,19 @@ def test_non_finite_member_draws_raise(bad_value):
         pt.thompson_allocation(pt.posterior(ds), segments)
     # The same draws are harmless to a segment they are not a member of.
     assert set(pt.thompson_allocation(pt.posterior(ds), segments[:1])) == {0}
+
+
+def test_non_finite_draws_flag_only_the_segments_they_belong_to():
+    ds = random_dataset("continuous", seed=4)
+    mobile = np.flatnonzero(ds["device"].values == "mobile")[0]
+    ds["expected"][mobile, 0, 1] = np.inf
+    # Overlapping: "everyone" holds the broken visitor, "device != 'mobile'" does not.
+    segments = [pt.DiscoveredSegment(0, "everyone"), pt.DiscoveredSegment(1, "device != 'mobile'")]
+    frequencies = pt.win_frequencies(pt.posterior(ds), segments)
+    assert np.isnan(frequencies.sel(segment=0)).all()
+    assert float(frequencies.sel(segment=1).sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"segment 0 \(everyone\): a member's posterior draws"):
+        pt.thompson_allocation(pt.posterior(ds), segments)
 
 
 # -- epsilon: the exploration floor ---------------------------------------------------------------

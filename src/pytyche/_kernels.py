@@ -116,7 +116,15 @@ def atoms_to_segments(atom_sums: np.ndarray, atom_membership: np.ndarray) -> np.
         out = np.zeros((atom_membership.shape[1], atom_sums.shape[1]), dtype=np.float64)
         out[atom_membership.argmax(axis=1)] = atom_sums
         return out
-    return atom_membership.T.astype(np.float64) @ atom_sums
+    # A product would turn 0 × NaN into NaN in segments without that atom: non-finite atoms
+    # (rare: a member's draws are broken) are left out of it and added to their own segments.
+    finite = np.isfinite(atom_sums).all(axis=1)
+    if finite.all():
+        return atom_membership.T.astype(np.float64) @ atom_sums
+    out = atom_membership[finite].T.astype(np.float64) @ atom_sums[finite]
+    for atom in np.flatnonzero(~finite):
+        out[atom_membership[atom]] += atom_sums[atom]
+    return out
 
 
 def segment_sums_block(factors: tuple[np.ndarray, ...], membership: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ def demo(n_visitors: int, n_draws: int, chunk: int, epsilon: float, seed: int) -
         print(
             f"{segment.id:>7}  {rule:<{width}}  " + "  ".join(f"{weights[a]:>8.3f}" for a in arms)
         )
-    print(f"\none streaming pass over the posterior: {elapsed:.2f} s")
+    print(f"\none streaming pass (drawing the synthetic posterior on the fly): {elapsed:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pytyche", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="allocate traffic on a synthetic posterior")
-    demo_parser.add_argument("--visitors", type=int, default=50_000)
+    demo_parser.add_argument("--visitors", type=int, default=20_000)
     demo_parser.add_argument("--draws", type=int, default=500)
     demo_parser.add_argument("--chunk", type=int, default=8_192, help="visitors per dask chunk")
     demo_parser.add_argument("--epsilon", type=float, default=0.02)

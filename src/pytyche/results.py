@@ -242,7 +242,7 @@ def _validate(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
             raise ValueError(f"coordinate 'variant' has dims {variant.dims}; expected (visitor,)")
         # Labels of a lazily opened store stay unread: checking them needs a compute.
         if not _is_dask(variant):
-            unknown = sorted(set(np.unique(variant.values.astype(str))) - set(arms))
+            unknown = sorted({str(v) for v in np.unique(variant.values.astype(str))} - set(arms))
             if unknown:
                 raise ValueError(
                     f"'variant' holds values that are not arm names: {unknown[:10]}; "

@@ -1,0 +1,16 @@
+"""The README's worked examples run as written, in order, as one session would run them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_readme_python_blocks_run_in_order():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"README.md block {index}", "exec"), namespace)
