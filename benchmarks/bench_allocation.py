@@ -38,6 +38,7 @@ def build_posterior(n_visitors: int, n_draws: int, n_arms: int, seed: int = 0):
             "variant": ("visitor", np.repeat(arms, -(-n_visitors // n_arms))[:n_visitors]),
             "cell": ("visitor", rng.integers(0, 64, n_visitors)),
             "age": ("visitor", rng.uniform(18, 80, n_visitors)),
+            **{f"flag{i}": ("visitor", rng.random(n_visitors) < 0.5) for i in range(12)},
         },
         attrs={"pytyche_family": "continuous", "pytyche_schema": 1},
     )
@@ -58,7 +59,11 @@ def segment_sets():
         s: [pt.DiscoveredSegment(i, f"age > {18 + 62 * i / s:.3f}") for i in range(s)]
         for s in (16, 64)
     }
-    return disjoint, overlapping
+    # Independent overlapping segments (one per random flag): 2**s atoms, the hard case.
+    many_atoms = {
+        s: [pt.DiscoveredSegment(i, f"flag{i} == True") for i in range(s)] for s in (8, 12)
+    }
+    return disjoint, overlapping, many_atoms
 
 
 def best_of(fn, repeat: int) -> float:
@@ -92,12 +97,16 @@ def main() -> None:
     lazy_result = pt.posterior(
         result.dataset.assign(expected=(result.dataset["expected"].dims, lazy))
     )
-    disjoint, overlapping = segment_sets()
+    disjoint, overlapping, many_atoms = segment_sets()
     pt.thompson_allocation(result, disjoint[16])  # warm-up: numba compile / cache load
     baseline = best_of(dask_sum, args.repeat)
-    print(f"{'dask sum, 2 threads (baseline)':<52} {baseline:7.3f} s   1.00x")
+    print(f"{'dask sum, 2 threads (baseline)':<54} {baseline:7.3f} s   1.00x")
     for backend, posterior in (("numpy", result), ("dask", lazy_result)):
-        for label, sets in (("disjoint", disjoint), ("overlapping", overlapping)):
+        for label, sets in (
+            ("disjoint", disjoint),
+            ("overlapping", overlapping),
+            ("many-atom", many_atoms),
+        ):
             for n_segments, segments in sets.items():
 
                 def allocate(segments=segments, posterior=posterior):
@@ -106,7 +115,7 @@ def main() -> None:
 
                 elapsed = best_of(allocate, args.repeat)
                 name = f"thompson_allocation, {backend}, {n_segments:>2} {label} segments"
-                print(f"{name:<52} {elapsed:7.3f} s   {elapsed / baseline:.2f}x")
+                print(f"{name:<54} {elapsed:7.3f} s   {elapsed / baseline:.2f}x")
     baseline_again = best_of(dask_sum, args.repeat)
     print(
         f"{'dask sum again (noise check)':<44} {baseline_again:7.3f} s   "

@@ -92,13 +92,13 @@ class CountingScheduler:
 
 
 @contextlib.contextmanager
-def counting_scheduler(max_computes: int):
-    """Fail if the block triggers more than ``max_computes`` dask computes."""
+def counting_scheduler(computes: int):
+    """Fail unless the block triggers exactly ``computes`` dask computes."""
     scheduler = CountingScheduler()
     with dask.config.set(scheduler=scheduler):
         yield scheduler
-    assert scheduler.computes <= max_computes, (
-        f"{scheduler.computes} dask computes, expected at most {max_computes}"
+    assert scheduler.computes == computes, (
+        f"{scheduler.computes} dask computes, expected exactly {computes}"
     )
 
 

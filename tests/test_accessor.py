@@ -40,10 +40,10 @@ def test_accessor_equals_functions(family):
 
 def test_accessor_stays_lazy():
     ds = random_dataset("hurdle").chunk({"visitor": 16})
-    with counting_scheduler(max_computes=0):
+    with counting_scheduler(computes=0):
         ds.tyche.segment_means(OVERLAPPING_SEGMENTS)
         ds.tyche.win_frequencies(OVERLAPPING_SEGMENTS)
-    with counting_scheduler(max_computes=1) as scheduler:
+    with counting_scheduler(computes=1) as scheduler:
         ds.tyche.thompson_allocation(OVERLAPPING_SEGMENTS)
     assert scheduler.computes == 1
 
@@ -60,6 +60,7 @@ def test_each_method_says_which_function_it_calls():
         if name.startswith("_"):
             continue
         assert f"pytyche.analysis.{name}" in method.__doc__, name
+    assert "pytyche.posterior(ds)" in TycheAccessor.result.__doc__
 
 
 def test_analysis_module_is_the_public_namespace():

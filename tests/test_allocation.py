@@ -120,19 +120,18 @@ def test_confident_posterior_concentrates_and_close_one_spreads():
 # -- posterior: one of the three result types, carrying observed data ---------------------------
 
 
-@pytest.mark.parametrize("family", ["binary", "continuous", "hurdle"])
-def test_accepts_each_result_type(family):
-    result = random_result(family)
-    assert (
-        type(result).__name__
-        == {
-            "binary": "BinaryBCFResult",
-            "continuous": "ContinuousBCFResult",
-            "hurdle": "HurdleBCFResult",
-        }[family]
-    )
-    allocation = pt.thompson_allocation(result, EVERYONE)
-    assert list(allocation[0]) == list(result.variants)
+@pytest.mark.parametrize(
+    ("family", "cls"),
+    [
+        ("binary", pt.BinaryBCFResult),
+        ("continuous", pt.ContinuousBCFResult),
+        ("hurdle", pt.HurdleBCFResult),
+    ],
+)
+def test_accepts_each_result_type(family, cls):
+    ds = random_dataset(family, seed=31)
+    allocation = pt.thompson_allocation(cls(ds), EVERYONE, epsilon=0.0)
+    assert allocation == reference_allocation(ds, EVERYONE, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -197,10 +196,12 @@ def test_membership_follows_variant_major_rows():
     }
 
 
-def test_overlapping_segments_are_allowed():
-    result = random_result("continuous", seed=5)
-    allocation = pt.thompson_allocation(result, OVERLAPPING_SEGMENTS)
-    assert list(allocation) == [s.id for s in OVERLAPPING_SEGMENTS]
+def test_overlapping_segments_are_allowed_and_each_votes_on_its_own_members():
+    ds = random_dataset("continuous", seed=5)
+    allocation = pt.thompson_allocation(pt.posterior(ds), OVERLAPPING_SEGMENTS, epsilon=0.0)
+    for segment in OVERLAPPING_SEGMENTS:  # the same as allocating each segment on its own
+        alone = pt.thompson_allocation(pt.posterior(ds), [segment], epsilon=0.0)
+        assert allocation[segment.id] == alone[segment.id]
 
 
 def test_segments_as_mapping():
@@ -212,7 +213,7 @@ def test_segments_as_mapping():
 
 
 def test_duplicate_segment_ids_raise():
-    with pytest.raises(ValueError, match="3"):
+    with pytest.raises(ValueError, match="duplicate segment id 3"):
         pt.thompson_allocation(
             random_result(),
             [pt.DiscoveredSegment(3, "age > 1"), pt.DiscoveredSegment(3, "everyone")],
@@ -359,6 +360,20 @@ def test_agrees_with_naive_reference(family, n_arms, n_chains):
             assert actual == expected
 
 
+@pytest.mark.parametrize("dtype", [">f8", ">f4", "float16", "int16", "uint8"])
+def test_other_dtypes_give_the_float64_allocation(dtype):
+    ds = random_dataset("hurdle", seed=23)
+    # Integer-coded draws in 0..200, exactly representable in every dtype here.
+    ds = ds.assign({name: (ds[name] * 20).round().clip(0, 200) for name in ds.data_vars})
+    expected = pt.thompson_allocation(pt.posterior(ds), OVERLAPPING_SEGMENTS, 0.0)
+    converted = ds.astype(dtype)
+    for posterior in (converted, converted.chunk({"visitor": 13})):
+        result = pt.posterior(posterior)
+        assert pt.thompson_allocation(result, OVERLAPPING_SEGMENTS, 0.0) == expected
+        # The per-visitor contrast is computed in floating point: no wrap-around.
+        assert float(result.contrast().min()) < 0
+
+
 def test_float32_posterior_agrees_with_reference():
     ds = random_dataset("hurdle", n_visitors=80, n_draws=30, dtype=np.float32, seed=21)
     assert pt.thompson_allocation(pt.posterior(ds), OVERLAPPING_SEGMENTS, 0.0) == (
@@ -385,24 +400,49 @@ def test_dask_posterior_builds_lazily_and_computes_once(chunk_coords):
         lazy = ds.chunk({"visitor": 25})
     else:
         lazy = ds.assign({name: ds[name].chunk({"visitor": 25}) for name in ds.data_vars})
-    with counting_scheduler(max_computes=0):
+    with counting_scheduler(computes=0):
         result = pt.posterior(lazy)
         means = pt.segment_means(result, OVERLAPPING_SEGMENTS)
         frequencies = pt.win_frequencies(result, OVERLAPPING_SEGMENTS)
         member = pt.membership(OVERLAPPING_SEGMENTS, result.observed)
     assert means.chunks is not None and frequencies.chunks is not None
     assert (member.chunks is not None) == chunk_coords
-    with counting_scheduler(max_computes=1) as scheduler:
+    with counting_scheduler(computes=1) as scheduler:
         allocation = pt.thompson_allocation(result, OVERLAPPING_SEGMENTS)
     assert scheduler.computes == 1
     assert allocation == pt.thompson_allocation(pt.posterior(ds), OVERLAPPING_SEGMENTS)
+
+
+def test_empty_segment_is_reported_before_reading_the_draws():
+    def explode(block):
+        raise AssertionError("the posterior's draws were read")
+
+    ds = random_dataset("continuous", seed=2)
+    draws = ds["expected"].chunk({"visitor": 10}).data.map_blocks(explode, dtype=float)
+    result = pt.posterior(ds.assign(expected=(ds["expected"].dims, draws)))
+    segments = [pt.DiscoveredSegment(0, "everyone"), pt.DiscoveredSegment(1, "age > 999")]
+    with counting_scheduler(computes=0), pytest.raises(ValueError, match="segment 1"):
+        pt.thompson_allocation(result, segments)
+
+
+def test_lazy_variant_labels_are_checked_in_the_single_compute():
+    ds = random_dataset("binary", seed=3)
+    ghost = ds.assign_coords(variant=("visitor", ["ghost"] * ds.sizes["visitor"]))
+    lazy = pt.posterior(ghost.chunk({"visitor": 20}))  # labels unread: construction succeeds
+    # One compute for the allocation, a second only to name the bad labels in the error.
+    with counting_scheduler(computes=2), pytest.raises(ValueError, match=r"\['ghost'\]"):
+        pt.thompson_allocation(lazy, EVERYONE)
 
 
 def test_dask_errors_after_the_single_compute():
     ds = random_dataset("continuous", seed=2)
     ds["expected"][0, 0, 0] = np.nan
     lazy = pt.posterior(ds.chunk({"visitor": 10}))
-    with counting_scheduler(max_computes=1), pytest.raises(ValueError, match="NaN or infinity"):
+    with counting_scheduler(computes=1), pytest.raises(ValueError, match="NaN or infinity"):
         pt.thompson_allocation(lazy, EVERYONE)
-    with counting_scheduler(max_computes=1), pytest.raises(ValueError, match="zero visitors"):
+    with counting_scheduler(computes=1), pytest.raises(ValueError, match="zero visitors"):
         pt.thompson_allocation(lazy, [pt.DiscoveredSegment(1, "age > 999")])
+    # With covariates in memory the empty segment is caught before any compute.
+    eager_covariates = pt.posterior(ds.assign(expected=ds["expected"].chunk({"visitor": 10})))
+    with counting_scheduler(computes=0), pytest.raises(ValueError, match="zero visitors"):
+        pt.thompson_allocation(eager_covariates, [pt.DiscoveredSegment(1, "age > 999")])

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pytyche as pt
-from pytyche import reduction
+from pytyche import _kernels, reduction
 from pytyche._kernels import apply_exploration_floor, segment_sums_block, visitor_atoms
 
 from conftest import OVERLAPPING_SEGMENTS, random_dataset
@@ -113,3 +113,34 @@ def test_exploration_floor_does_not_modify_its_input():
     frequencies = np.array([[1.0, 0.0]])
     apply_exploration_floor(frequencies, 0.5)
     np.testing.assert_array_equal(frequencies, [[1.0, 0.0]])
+
+
+@pytest.mark.parametrize("budget", [reduction.ATOM_BUDGET_BYTES, 0])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_non_finite_draws_stay_in_their_own_segments(monkeypatch, budget, bad_value):
+    monkeypatch.setattr(reduction, "ATOM_BUDGET_BYTES", budget)
+    ds = random_dataset("continuous", n_visitors=50, seed=8)
+    result = pt.posterior(ds)
+    member = pt.membership(OVERLAPPING_SEGMENTS, result.observed).values
+    broken = int(np.flatnonzero(member.sum(axis=0) == 1)[0])  # in exactly one segment
+    ds["expected"][broken, 2, 1] = bad_value
+    sums, _ = reduction.segment_sums(pt.posterior(ds), pt.membership(OVERLAPPING_SEGMENTS, ds))
+    draws = ds["expected"].values
+    expected = np.stack([draws[m].sum(axis=0) for m in member])  # members only, by masking
+    np.testing.assert_allclose(sums.values, expected, rtol=1e-12, equal_nan=True)
+    assert (~np.isfinite(sums.values)).any(axis=(1, 2)).sum() == 1
+
+
+@pytest.mark.parametrize("min_visitors_per_atom", [0, 10**9])  # always atoms / always direct
+@pytest.mark.parametrize("hurdle", [False, True])
+def test_both_block_strategies_equal_the_masked_sum(monkeypatch, min_visitors_per_atom, hurdle):
+    monkeypatch.setattr(_kernels, "MIN_VISITORS_PER_ATOM", min_visitors_per_atom)
+    rng = np.random.default_rng(12)
+    for n_segments in (1, 5, 70):
+        membership = rng.random((n_segments, 40)) < 0.4
+        factors = [rng.standard_normal((40, 6)) for _ in range(1 + hurdle)]
+        factors[0][7, 2] = np.nan  # must reach exactly the segments holding visitor 7
+        metric = factors[0] * factors[1] if hurdle else factors[0]
+        expected = np.stack([metric[m].sum(axis=0) for m in membership])
+        actual = segment_sums_block(tuple(factors), membership)
+        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12, equal_nan=True)

@@ -14,3 +14,7 @@ def test_readme_python_blocks_run_in_order():
     namespace: dict = {}
     for index, block in enumerate(blocks):
         exec(compile(block, f"README.md block {index}", "exec"), namespace)
+    # The output the README shows, rounded as it says.
+    shown = re.search(r"print\(allocation\[0\]\)\s+# (\{.*?\})", README.read_text()).group(1)
+    rounded = {arm: round(w, 4) for arm, w in namespace["allocation"][0].items()}
+    assert str(rounded) == shown

@@ -61,7 +61,7 @@ def test_metric_is_visitor_major_whatever_the_stored_order():
 
 def test_metric_and_contrast_stay_lazy():
     ds = random_dataset("hurdle").chunk({"visitor": 20})
-    with counting_scheduler(max_computes=0):
+    with counting_scheduler(computes=0):
         result = pt.posterior(ds)
         metric, contrast = result.metric(), result.contrast()
     assert metric.chunks is not None and contrast.chunks is not None
@@ -136,3 +136,10 @@ def test_observed_keeps_the_visitor_index():
     observed = pt.posterior(ds).observed
     assert list(observed.indexes["visitor"][:2]) == ["v0", "v1"]
     assert isinstance(observed, xr.Dataset)
+
+
+@pytest.mark.parametrize("dims", [{"draw": 0}, {"chain": 0}])
+def test_a_posterior_without_samples_is_rejected(dims):
+    ds = random_dataset("binary", n_chains=2)
+    with pytest.raises(ValueError, match=f"no samples: {dims}"):
+        pt.posterior(ds.isel({d: slice(0, 0) for d in dims}))

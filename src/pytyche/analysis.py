@@ -8,11 +8,19 @@ from numbers import Real
 
 import dask
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ._kernels import apply_exploration_floor
 from .reduction import segment_sums
-from .results import ARM, BinaryBCFResult, ContinuousBCFResult, HurdleBCFResult, _BCFResult
+from .results import (
+    ARM,
+    BinaryBCFResult,
+    ContinuousBCFResult,
+    HurdleBCFResult,
+    _BCFResult,
+    check_variant_labels,
+)
 from .segments import DiscoveredSegment, as_segments, membership
 
 __all__ = ["membership", "segment_means", "thompson_allocation", "win_frequencies"]
@@ -50,7 +58,7 @@ def segment_means(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
     ValueError
         When ``posterior.observed`` is None, or the segments are empty or share an id.
     """
-    _, means, _, _ = _segment_statistics(posterior, segments)
+    means, _, _ = _segment_statistics(*_result_and_membership(posterior, segments))
     return means
 
 
@@ -81,7 +89,8 @@ def win_frequencies(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
     ValueError
         When ``posterior.observed`` is None, or the segments are empty or share an id.
     """
-    result, means, _, valid = _segment_statistics(posterior, segments)
+    result, member = _result_and_membership(posterior, segments)
+    means, _, valid = _segment_statistics(result, member)
     wins = _win_counts(means, result.sample_dims)
     return (wins / result.n_samples).where(valid).rename("win_frequency")
 
@@ -154,31 +163,41 @@ def thompson_allocation(
     1.0
     """
     epsilon = _check_epsilon(epsilon)
-    result, means, members, valid = _segment_statistics(posterior, segments)
+    result, member = _result_and_membership(posterior, segments)
+    if member.chunks is None:  # member counts are known now: fail before the heavy pass
+        _check_members(member, member.sum("visitor").values)
+    means, members, valid = _segment_statistics(result, member)
     wins = _win_counts(means, result.sample_dims)
-    wins, members, valid = dask.compute(wins, members, valid)
+    # Labels of a lazily opened store are checked in the same compute as everything else.
+    variant = result.observed["variant"]
+    unknown_labels = (~variant.isin(list(result.variants))).sum() if variant.chunks else 0
+    wins, members, valid, unknown_labels = dask.compute(wins, members, valid, unknown_labels)
 
-    rules = means.coords["rule"].values
-    for segment_id, rule, count, ok in zip(
-        wins.coords["segment"].values, rules, members.values, valid.values, strict=True
+    if unknown_labels:
+        check_variant_labels(pd.unique(variant.values.ravel()), list(result.variants))
+    _check_members(member, members.values, valid.values)
+    weights = apply_exploration_floor(wins.values / result.n_samples, epsilon)
+    return {
+        int(segment_id): {arm: float(w) for arm, w in zip(result.variants, row, strict=True)}
+        for segment_id, row in zip(member["segment"].values, weights, strict=True)
+    }
+
+
+def _check_members(member: xr.DataArray, counts: np.ndarray, valid=None) -> None:
+    """Raise ValueError for the first segment with no members or with non-finite draws."""
+    for index, (segment_id, rule) in enumerate(
+        zip(member["segment"].values, member["rule"].values, strict=True)
     ):
-        if count == 0:
+        if counts[index] == 0:
             raise ValueError(
                 f"segment {int(segment_id)} ({rule}) matches zero visitors: its mean over "
                 "members is undefined; drop it or widen its rule"
             )
-        if not ok:
+        if valid is not None and not valid[index]:
             raise ValueError(
                 f"segment {int(segment_id)} ({rule}): a member's posterior draws contain NaN "
                 "or infinity; check the posterior"
             )
-    frequencies = wins.values / result.n_samples
-    weights = apply_exploration_floor(frequencies, epsilon)
-    arms = result.variants
-    return {
-        int(segment_id): {arm: float(w) for arm, w in zip(arms, row, strict=True)}
-        for segment_id, row in zip(wins.coords["segment"].values, weights, strict=True)
-    }
 
 
 def _check_result(posterior) -> _BCFResult:
@@ -211,15 +230,18 @@ def _check_epsilon(epsilon) -> float:
     return epsilon
 
 
-def _segment_statistics(posterior, segments):
-    """The result, lazy segment means, member counts and a per-segment 'usable' flag."""
+def _result_and_membership(posterior, segments) -> tuple[_BCFResult, xr.DataArray]:
     result = _check_result(posterior)
-    member = membership(as_segments(segments), result.observed)
+    return result, membership(as_segments(segments), result.observed)
+
+
+def _segment_statistics(result: _BCFResult, member: xr.DataArray):
+    """Lazy segment means, member counts and a per-segment 'usable' flag: one pass."""
     sums, members = segment_sums(result, member)
     # Empty or non-finite segments become NaN before any arithmetic that would warn on them.
     valid = np.isfinite(sums).all([d for d in sums.dims if d != "segment"]) & (members > 0)
     means = (sums / members.where(members > 0)).where(valid).rename("segment_mean")
-    return result, means, members, valid
+    return means, members, valid
 
 
 def _win_counts(means: xr.DataArray, sample_dims: tuple[str, ...]) -> xr.DataArray:

@@ -12,6 +12,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -21,8 +22,9 @@ from .results import VISITOR, _BCFResult
 
 __all__ = ["segment_sums"]
 
-# Numpy-backed posteriors are streamed in visitor blocks of about this many bytes, so that a
-# posterior in another axis order is copied to visitor-major one small block at a time.
+# Numpy-backed posteriors are streamed in visitor blocks of about this many bytes (more when
+# there are many atoms), so a posterior in another axis order is copied to visitor-major one
+# small block at a time. Threads: dask's ``num_workers`` setting when set, else all cores.
 NUMPY_BLOCK_BYTES = 32 * 2**20
 # Largest total size of the per-thread float64 atom accumulators on the numpy path.
 ATOM_BUDGET_BYTES = 256 * 2**20
@@ -124,18 +126,21 @@ def _numpy_segment_sums(factors, membership):
     n_visitors = factors[0].shape[0]
     trailing = factors[0].shape[1:]
     columns = math.prod(trailing)
-    row_bytes = max(1, sum(f.dtype.itemsize for f in factors) * columns)
-    block = max(1, NUMPY_BLOCK_BYTES // row_bytes)
-    n_threads = max(1, min(_available_cores(), -(-n_visitors // block)))
-    edges = np.linspace(0, n_visitors, n_threads + 1).astype(int)
+    n_threads = max(1, min(_worker_threads(), n_visitors))
 
     labels, atom_membership = visitor_atoms(membership)
+    n_atoms = len(atom_membership)
     # Atoms are found once for all visitors and summed across blocks, then added into
     # segments once. Heavily overlapping segments can make atoms as many as visitors: then
     # each block finds its own atoms and adds them into segments itself, so memory stays
     # bounded by the block size.
-    global_atoms = len(atom_membership) * columns * 8 * n_threads <= ATOM_BUDGET_BYTES
-    n_rows = len(atom_membership) if global_atoms else membership.shape[0]
+    global_atoms = n_atoms * columns * 8 * n_threads <= ATOM_BUDGET_BYTES
+    n_rows = n_atoms if global_atoms else membership.shape[0]
+    row_bytes = max(1, sum(f.dtype.itemsize for f in factors) * columns)
+    # Blocks of several visitors per atom keep the accumulator traffic below the data's.
+    block = max(1, NUMPY_BLOCK_BYTES // row_bytes, 4 * n_atoms if global_atoms else 0)
+    n_threads = max(1, min(n_threads, -(-n_visitors // block)))
+    edges = np.linspace(0, n_visitors, n_threads + 1).astype(int)
 
     def stream(lo: int, hi: int) -> np.ndarray:
         sums = np.zeros((n_rows, columns), dtype=np.float64)
@@ -156,6 +161,12 @@ def _numpy_segment_sums(factors, membership):
     if global_atoms:
         sums = atoms_to_segments(sums, atom_membership)
     return sums.reshape(-1, *trailing), membership.sum(axis=1, dtype=np.int64)
+
+
+def _worker_threads() -> int:
+    """Threads for numpy-backed posteriors: dask's ``num_workers`` setting, else all cores."""
+    configured = dask.config.get("num_workers", None)
+    return int(configured) if configured else _available_cores()
 
 
 def _available_cores() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 __all__ = [
@@ -99,7 +100,11 @@ class _BCFResult:
         Lazy on a dask-backed posterior.
         """
         factors = self.metric_factors()
-        metric = factors[0] if len(factors) == 1 else factors[0] * factors[1]
+        # At least float32, so integer-coded draws cannot wrap around in products and contrasts.
+        dtype = np.result_type(*(f.dtype for f in factors), np.float32)
+        metric = factors[0].astype(dtype)
+        if len(factors) == 2:
+            metric = metric * factors[1].astype(dtype)
         return metric.rename("metric")
 
     def contrast(self) -> xr.DataArray:
@@ -228,6 +233,9 @@ def _validate(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
             )
         if not (np.issubdtype(var.dtype, np.floating) or np.issubdtype(var.dtype, np.integer)):
             raise ValueError(f"variable {name!r} has dtype {var.dtype}; expected a real number")
+    empty = {d: ds.sizes[d] for d in (DRAW, CHAIN) if d in dims and ds.sizes[d] == 0}
+    if empty:
+        raise ValueError(f"the posterior has no samples: {empty}; expected at least one draw")
     if ARM not in ds.coords:
         raise ValueError("the posterior has no 'arm' coordinate naming its variants")
     arms = [str(a) for a in ds[ARM].values]
@@ -241,13 +249,18 @@ def _validate(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
         if variant.dims != (VISITOR,):
             raise ValueError(f"coordinate 'variant' has dims {variant.dims}; expected (visitor,)")
         # Labels of a lazily opened store stay unread: checking them needs a compute.
+        # Lazily opened labels are checked when thompson_allocation computes, not here.
         if not _is_dask(variant):
-            unknown = sorted({str(v) for v in np.unique(variant.values.astype(str))} - set(arms))
-            if unknown:
-                raise ValueError(
-                    f"'variant' holds values that are not arm names: {unknown[:10]}; "
-                    f"arms are {arms}"
-                )
+            check_variant_labels(pd.unique(variant.values.ravel()), arms)
+
+
+def check_variant_labels(labels, arms: list[str]) -> None:
+    """Raise ValueError naming the ``variant`` labels that are not arm names."""
+    unknown = sorted({str(v) for v in labels} - set(arms))
+    if unknown:
+        raise ValueError(
+            f"'variant' holds values that are not arm names: {unknown[:10]}; arms are {arms}"
+        )
 
 
 def _is_dask(array: xr.DataArray) -> bool:

@@ -106,16 +106,40 @@ def _dtype_kind(dtype: Any) -> str:
     """Map a numpy or pandas dtype to ``'text'``, ``'number'`` or ``'bool'``."""
     if isinstance(dtype, pd.CategoricalDtype):
         dtype = dtype.categories.dtype
+    if isinstance(dtype, pd.StringDtype):
+        return "text"
     kind = getattr(dtype, "kind", None)
     if kind is None:
         kind = np.dtype(dtype).kind
-    if kind in "USO":
+    if kind == "O":  # decided from the values themselves (see Clause.evaluate)
+        return "object"
+    if kind in "US":
         return "text"
     if kind in "iuf":
         return "number"
     if kind == "b":
         return "bool"
     return "unsupported"
+
+
+def _object_kind(covariate: str, values: np.ndarray) -> str:
+    """The kind of an object column's non-missing values: all text, all bool or all numbers."""
+    kinds = {
+        "bool"
+        if isinstance(v, bool | np.bool_)
+        else "text"
+        if isinstance(v, str)
+        else "number"
+        if isinstance(v, int | float | np.integer | np.floating)
+        else type(v).__name__
+        for v in values.ravel()
+    }
+    if len(kinds) != 1 or not kinds <= {"text", "number", "bool"}:
+        raise TypeError(
+            f"covariate {covariate!r} (dtype object) holds values of kinds {sorted(kinds)}; "
+            "expected all text, all numbers or all booleans (None/NaN for missing)"
+        )
+    return kinds.pop()
 
 
 # --------------------------------------------------------------------------- Clause
@@ -244,18 +268,22 @@ class Clause:
                 f"covariate {self.covariate!r} has unsupported dtype {dtype}; "
                 "expected text, numbers or booleans"
             )
+        if kind != "object":  # an object column's kind is known only from its values
+            self._check_kind(kind, f"dtype {dtype}")
+        return kind
+
+    def _check_kind(self, kind: str, described: str) -> None:
         if self.op in _ORDERED_OPS and kind != "number":
             raise TypeError(
                 f"operator {self.op!r} needs a numeric covariate, "
-                f"but {self.covariate!r} has dtype {dtype} ({kind})"
+                f"but {self.covariate!r} has {described} ({kind})"
             )
         for literal in self.literals:
             if _literal_kind(literal) != kind:
                 raise TypeError(
-                    f"cannot compare covariate {self.covariate!r} (dtype {dtype}, {kind}) "
+                    f"cannot compare covariate {self.covariate!r} ({described}, {kind}) "
                     f"with {_format_literal(literal)} ({_literal_kind(literal)})"
                 )
-        return kind
 
     def evaluate(self, values: np.ndarray) -> np.ndarray:
         """Apply the clause to one block of covariate values.
@@ -291,6 +319,8 @@ class Clause:
         out = np.zeros(values.shape, dtype=bool)
         kept = values[present]
         if kept.size:
+            if kept.dtype.kind == "O":
+                self._check_kind(_object_kind(self.covariate, kept), "dtype object")
             out[present] = self._compare(kept)
         return out
 
@@ -696,7 +726,12 @@ def _visitor_coords(observed: xr.Dataset) -> dict[str, xr.Variable]:
 
 @dataclass(frozen=True)
 class DiscoveredSegment:
-    """A segment: an integer id and the rule that defines it.
+    """A segment: an integer id and the rule that defines it, with optional descriptions.
+
+    Only `id` and `rule` define the segment; :func:`pytyche.thompson_allocation` and every
+    other consumer of segments read nothing else. The descriptive fields are filled in by
+    :func:`pytyche.fit_policy_tree` for its leaves and are ``None`` ("not computed") on a
+    hand-written segment.
 
     Parameters
     ----------
@@ -704,22 +739,50 @@ class DiscoveredSegment:
         Segment id (numpy integers are converted; ``bool`` is rejected).
     rule : SegmentRule or str
         The rule, or its text (parsed with :meth:`SegmentRule.parse`).
+    population_share : float, optional
+        Fraction of the fitted visitors that the rule matches, in [0, 1].
+    best_arm : str, optional
+        The arm with the highest posterior expected segment-mean metric.
+    arm_best_probabilities : mapping of str to float, optional
+        ``{arm: posterior probability that the arm is the segment's best}``, in variant order
+        (the raw win frequencies, as :func:`pytyche.thompson_allocation` with
+        ``epsilon=0``).
+    gate_estimate : float, optional
+        Posterior mean of the best arm's segment-mean contrast against control (0 when the
+        best arm is control).
+    gate_interval : tuple of (float, float), optional
+        Central posterior interval (80% from :func:`pytyche.fit_policy_tree`) of that
+        contrast.
+    stability_score : float, optional
+        Fraction of bootstrap refits with a leaf whose members overlap this segment's with
+        Jaccard index >= 0.5; NaN when no bootstrap refits were run.
 
     Raises
     ------
     TypeError
-        If `id` is not an integer or `rule` is neither a rule nor text.
+        If `id` is not an integer, `rule` is neither a rule nor text, or a descriptive field
+        has the wrong type.
     ValueError
-        If rule text is malformed.
+        If rule text is malformed, `gate_interval` is not a pair, or `population_share` is
+        outside [0, 1].
 
     Examples
     --------
     >>> DiscoveredSegment(3, "device == 'mobile' and age > 40")
     DiscoveredSegment(id=3, rule="device == 'mobile' and age > 40")
+    >>> DiscoveredSegment(0, "everyone", population_share=1.0, best_arm="A").best_arm
+    'A'
     """
 
     id: int
     rule: SegmentRule | str
+    # Descriptive fields: excluded from the hash (a dict is unhashable), kept in equality.
+    population_share: float | None = dataclasses.field(default=None, hash=False)
+    best_arm: str | None = dataclasses.field(default=None, hash=False)
+    arm_best_probabilities: dict[str, float] | None = dataclasses.field(default=None, hash=False)
+    gate_estimate: float | None = dataclasses.field(default=None, hash=False)
+    gate_interval: tuple[float, float] | None = dataclasses.field(default=None, hash=False)
+    stability_score: float | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.id, bool | np.bool_) or not isinstance(self.id, int | np.integer):
@@ -731,16 +794,51 @@ class DiscoveredSegment:
             object.__setattr__(self, "rule", SegmentRule.parse(self.rule))
         elif not isinstance(self.rule, SegmentRule):
             raise TypeError(f"segment rule must be a SegmentRule or str, got {self.rule!r}")
+        for name in ("population_share", "gate_estimate", "stability_score"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, self._real(value, name))
+        share = self.population_share
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise ValueError(f"population_share must be in [0, 1], got {share!r}")
+        if self.best_arm is not None and not isinstance(self.best_arm, str):
+            raise TypeError(f"best_arm must be an arm name (str), got {self.best_arm!r}")
+        if self.arm_best_probabilities is not None:
+            if not isinstance(self.arm_best_probabilities, Mapping):
+                raise TypeError(
+                    "arm_best_probabilities must be a mapping {arm: probability}, got "
+                    f"{self.arm_best_probabilities!r}"
+                )
+            probabilities = {
+                str(arm): self._real(p, "arm_best_probabilities")
+                for arm, p in self.arm_best_probabilities.items()
+            }
+            object.__setattr__(self, "arm_best_probabilities", probabilities)
+        if self.gate_interval is not None:
+            interval = tuple(self.gate_interval)
+            if len(interval) != 2:
+                raise ValueError(f"gate_interval must be a (lower, upper) pair, got {interval!r}")
+            object.__setattr__(
+                self, "gate_interval", tuple(self._real(v, "gate_interval") for v in interval)
+            )
 
     def __repr__(self) -> str:
         parts = []
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if value is None:  # descriptive fields not computed: keep the repr short
+                continue
             text = (
                 json.dumps(str(value), ensure_ascii=False) if field.name == "rule" else repr(value)
             )
             parts.append(f"{field.name}={text}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+    @staticmethod
+    def _real(value: Any, name: str) -> float:
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+        return float(value)
 
 
 def as_segments(
