@@ -64,6 +64,8 @@ def _literal(value: Any) -> bool | int | float | str:
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | np.integer):
+        if not -(2**63) <= int(value) < 2**63:  # no covariate column could hold it
+            raise ValueError(f"integer literal {value} is outside the 64-bit range")
         return int(value)
     if isinstance(value, float | np.floating):
         if not math.isfinite(value):
