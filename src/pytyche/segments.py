@@ -18,6 +18,7 @@ import json
 import math
 import operator
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -64,8 +65,8 @@ def _literal(value: Any) -> bool | int | float | str:
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | np.integer):
-        if not -(2**63) <= int(value) < 2**63:  # no covariate column could hold it
-            raise ValueError(f"integer literal {value} is outside the 64-bit range")
+        if abs(int(value)) > sys.float_info.max:  # cannot be compared with a float column
+            raise ValueError(f"integer literal {value} is beyond the float range")
         return int(value)
     if isinstance(value, float | np.floating):
         if not math.isfinite(value):
