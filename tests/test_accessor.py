@@ -33,6 +33,10 @@ def test_accessor_equals_functions(family):
         pt.win_frequencies(result, OVERLAPPING_SEGMENTS),
     )
     xr.testing.assert_identical(
+        ds.tyche.segment_summary(OVERLAPPING_SEGMENTS, ci=0.9),
+        pt.segment_summary(result, OVERLAPPING_SEGMENTS, ci=0.9),
+    )
+    xr.testing.assert_identical(
         ds.tyche.membership(OVERLAPPING_SEGMENTS),
         pt.membership(OVERLAPPING_SEGMENTS, result.observed),
     )
@@ -67,3 +71,4 @@ def test_analysis_module_is_the_public_namespace():
     assert pt.analysis.thompson_allocation is pt.thompson_allocation
     assert pt.analysis.segment_means is pt.segment_means
     assert pt.analysis.win_frequencies is pt.win_frequencies
+    assert pt.analysis.segment_summary is pt.segment_summary

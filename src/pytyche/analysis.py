@@ -23,7 +23,13 @@ from .results import (
 )
 from .segments import DiscoveredSegment, as_segments, membership
 
-__all__ = ["membership", "segment_means", "thompson_allocation", "win_frequencies"]
+__all__ = [
+    "membership",
+    "segment_means",
+    "segment_summary",
+    "thompson_allocation",
+    "win_frequencies",
+]
 
 ACCEPTED_RESULTS = (HurdleBCFResult, ContinuousBCFResult, BinaryBCFResult)
 Segments = Sequence[DiscoveredSegment] | Mapping[int, object]
@@ -254,3 +260,8 @@ def _win_counts(means: xr.DataArray, sample_dims: tuple[str, ...]) -> xr.DataArr
     winner = contrast.argmax(ARM, skipna=False)
     arm_index = xr.DataArray(np.arange(means.sizes[ARM]), dims=ARM, coords={ARM: means[ARM]})
     return (winner == arm_index).sum(sample_dims, dtype=np.int64).rename("wins")
+
+
+# segment_summary lives in its own module and uses this one's internals: imported last, once
+# this module's names exist, so the cycle is harmless.
+from .summary import segment_summary  # noqa: E402
