@@ -8,8 +8,16 @@ from .results import BinaryBCFResult, ContinuousBCFResult, HurdleBCFResult, post
 from .segments import Clause, DiscoveredSegment, SegmentRule, as_segments
 
 # -- posteriors from experiment data: observed data, simulator, BCF fits, persistence --
+# isort: split
+from .data import from_arrays, from_inference_data, observed_data
+from .fitting import fit, fit_binary_bcf, fit_continuous_bcf, fit_hurdle_bcf
+from .io import PosteriorReadError, open_posterior, to_netcdf, to_zarr
+from .simulate import planted_segments, simulate_experiment
 
 # -- segment discovery: policy tree --
+# isort: split
+from .policy_tree import PolicyTreeResult, fit_policy_tree
+from .summary import segment_summary
 
 __version__ = "0.1.0"
 
@@ -19,13 +27,29 @@ __all__ = [
     "ContinuousBCFResult",
     "DiscoveredSegment",
     "HurdleBCFResult",
+    "PolicyTreeResult",
+    "PosteriorReadError",
     "SegmentRule",
     "analysis",
     "as_segments",
     "example_posterior",
+    "fit",
+    "fit_binary_bcf",
+    "fit_continuous_bcf",
+    "fit_hurdle_bcf",
+    "fit_policy_tree",
+    "from_arrays",
+    "from_inference_data",
     "membership",
+    "observed_data",
+    "open_posterior",
+    "planted_segments",
     "posterior",
     "segment_means",
+    "segment_summary",
+    "simulate_experiment",
     "thompson_allocation",
+    "to_netcdf",
+    "to_zarr",
     "win_frequencies",
 ]

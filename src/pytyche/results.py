@@ -115,6 +115,18 @@ class _BCFResult:
         metric = self.metric()
         return (metric - metric.isel({ARM: 0})).rename("contrast")
 
+    def to_zarr(self, path, *, overwrite: bool = False):
+        """Write this posterior to a Zarr store: :func:`pytyche.to_zarr` (atomic)."""
+        from .io import to_zarr  # io builds on this module
+
+        return to_zarr(self, path, overwrite=overwrite)
+
+    def to_netcdf(self, path, *, overwrite: bool = False):
+        """Write this posterior to a netCDF file: :func:`pytyche.to_netcdf` (atomic)."""
+        from .io import to_netcdf
+
+        return to_netcdf(self, path, overwrite=overwrite)
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{d}: {n}" for d, n in self._dataset.sizes.items())
         return f"<{type(self).__name__} ({sizes}) arms={list(self.variants)}>"

@@ -1,0 +1,727 @@
+"""Bayesian causal forest fits (stochtree) from observed experiment data to a typed posterior.
+
+All three families fit K >= 2 arms with **one multivariate-treatment BCF**: the treatment is
+the one-hot vector of the visitor's treatment arm (all zeros for control), so one prognostic
+forest μ(x) is shared by every arm and a vector-leaf effect forest gives τ_k(x) for each
+treatment. Per draw, arm k's linear predictor is μ(x) + τ_k(x) (control: μ(x)), which keeps
+the arms' draws jointly coherent — every contrast is measured against the same control draw.
+On the simulator this recovered the true contrasts at least as well as one fit per treatment
+against control, in less time (see ``docs/fitting.md`` and ``benchmarks/bench_fit.py``).
+
+- binary: probit BCF, ``conversion[k] = Φ(μ + τ_k)`` per draw.
+- continuous: Gaussian BCF, ``expected[k] = μ + τ_k`` per draw.
+- hurdle: a probit BCF of ``outcome > 0`` on every visitor gives ``conversion``; a Gaussian
+  BCF of ``log(outcome)`` on the converters gives ``value[k] = exp(m_k + σ²/2)``, σ² that
+  draw's residual variance. The two parts have separate parameters and likelihoods, so their
+  posteriors are independent and draw d of one is paired with draw d of the other.
+
+Randomization propensities are the observed arm shares unless given; they are never estimated
+by a model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Mapping
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.special import ndtr
+
+from .data import (
+    CHUNK_BYTES,
+    OUTCOME,
+    VARIANT,
+    arm_codes,
+    attach_observed,
+    check_observed,
+    observed_variables,
+    visitor_chunk,
+)
+from .results import (
+    ARM,
+    CHAIN,
+    DRAW,
+    SCHEMA_VERSION,
+    VISITOR,
+    BinaryBCFResult,
+    ContinuousBCFResult,
+    HurdleBCFResult,
+    _BCFResult,
+)
+
+__all__ = ["fit", "fit_binary_bcf", "fit_continuous_bcf", "fit_hurdle_bcf"]
+
+# Progress lines start once a model has been fitting for this long, then repeat.
+PROGRESS_AFTER_S = 3.0
+PROGRESS_EVERY_S = 15.0
+# A text covariate with more distinct values than this is refused (one column per value).
+MAX_TEXT_LEVELS = 256
+# family="auto": a non-negative outcome with at least this share of exact zeros is a hurdle.
+HURDLE_ZERO_SHARE = 0.10
+MIN_CONVERTERS = 10
+
+
+def fit(observed: xr.Dataset, family: str = "auto", **options) -> _BCFResult:
+    """Fit a BCF posterior of the family that suits the outcome.
+
+    With ``family="auto"``: an outcome of only 0 and 1 → binary; a non-negative outcome with
+    at least 10% exact zeros and some positive values → hurdle; anything else → continuous.
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        Observed data, as from :func:`pytyche.observed_data` (or a result's ``.observed``).
+    family : {"auto", "binary", "continuous", "hurdle"}, default "auto"
+        The family, or "auto" to choose from the outcome.
+    **options
+        Passed to :func:`fit_binary_bcf`, :func:`fit_continuous_bcf` or
+        :func:`fit_hurdle_bcf`.
+
+    Returns
+    -------
+    BinaryBCFResult or ContinuousBCFResult or HurdleBCFResult
+
+    Raises
+    ------
+    ValueError
+        For an unknown family, and as the chosen fit function raises.
+    """
+    fits = {
+        "binary": fit_binary_bcf,
+        "continuous": fit_continuous_bcf,
+        "hurdle": fit_hurdle_bcf,
+    }
+    if family == "auto":
+        family = infer_family(_outcome(observed))
+    if family not in fits:
+        raise ValueError(f"family must be 'auto' or one of {sorted(fits)}, got {family!r}")
+    return fits[family](observed, **options)
+
+
+def infer_family(outcome: np.ndarray) -> str:
+    """The family ``fit(family="auto")`` picks for an outcome array.
+
+    Parameters
+    ----------
+    outcome : numpy.ndarray
+        The visitors' outcomes.
+
+    Returns
+    -------
+    str
+        ``"binary"``, ``"hurdle"`` or ``"continuous"``.
+    """
+    outcome = np.asarray(outcome, dtype=np.float64)
+    if np.isin(outcome, (0.0, 1.0)).all():
+        return "binary"
+    if outcome.min() >= 0 and np.mean(outcome == 0) >= HURDLE_ZERO_SHARE:
+        return "hurdle"
+    return "continuous"
+
+
+_OPTIONS_DOC = """
+    propensity : sequence of float, mapping of arm to float, or array (visitor, arm), optional
+        Randomization probabilities of the arms: one share per arm (control first), or one row
+        per visitor. Default: the observed arm shares. Never estimated by a model.
+    n_draws : int, default 200
+        Posterior draws kept per chain.
+    n_chains : int, default 1
+        Independent MCMC chains, each started from its own warm-start forest; more than 1 adds
+        a ``chain`` dim beside ``draw``.
+    n_warmstart : int, default 10
+        Grow-from-root (XBART) sweeps that initialize the chains (raised to ``n_chains`` if
+        lower); 0 starts MCMC from root.
+    n_burnin : int, default 0
+        MCMC iterations discarded after the warm start.
+    n_trees_mu : int, default 200
+        Trees in the prognostic forest μ(x).
+    n_trees_tau : int, default 50
+        Trees in the treatment-effect forest τ(x).
+    seed : int, default 0
+        Random seed: the same seed and data give an identical posterior.
+    num_threads : int, default -1
+        Sampler threads; -1 uses all cores.
+    progress : bool, default True
+        Print progress lines to stderr for model fits that take more than a few seconds.
+    stochtree_options : mapping, optional
+        Extra stochtree settings, merged over pytyche's: keys ``general_params``,
+        ``prognostic_forest_params``, ``treatment_effect_forest_params``.
+    chunk_bytes : int, default 128 MiB
+        Target size of one dask chunk of each posterior variable (split along visitor)."""
+
+
+def fit_binary_bcf(
+    observed: xr.Dataset,
+    *,
+    propensity=None,
+    n_draws: int = 200,
+    n_chains: int = 1,
+    n_warmstart: int = 10,
+    n_burnin: int = 0,
+    n_trees_mu: int = 200,
+    n_trees_tau: int = 50,
+    seed: int = 0,
+    num_threads: int = -1,
+    progress: bool = True,
+    stochtree_options: Mapping | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> BinaryBCFResult:
+    """Fit a probit BCF to a 0/1 outcome: ``conversion[k] = Φ(μ(x) + τ_k(x))`` per draw.
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        Observed data, as from :func:`pytyche.observed_data`, with a 0/1 ``outcome``.
+    {options}
+
+    Returns
+    -------
+    BinaryBCFResult
+        ``conversion`` float32 (visitor, [chain,] draw, arm), dask-chunked along visitor;
+        the observed data attached as visitor coordinates.
+
+    Raises
+    ------
+    ValueError
+        When the outcome holds a value other than 0 and 1 (naming the arm), is constant, or
+        the observed data or options are invalid.
+    """
+    setup = _Setup(observed, propensity, _options(locals()))
+    outcome = setup.outcome
+    for arm, values in setup.by_arm(outcome):
+        bad = values[~np.isin(values, (0.0, 1.0))]
+        if bad.size:
+            raise ValueError(
+                f"arm {arm!r}: a binary fit needs a 0/1 outcome, found {float(bad[0])!r} (use "
+                "fit_continuous_bcf or fit_hurdle_bcf for other outcomes)"
+            )
+    if np.unique(outcome).size < 2:
+        raise ValueError(
+            f"the outcome is {outcome[0]:g} for every visitor: a probit fit needs both 0s and 1s"
+        )
+    mu, tau, _ = setup.sample("conversion model (probit BCF)", outcome, stage=1, probit=True)
+    conversion = _per_arm(mu, tau, ndtr)
+    return setup.result(BinaryBCFResult, {"conversion": conversion})
+
+
+def fit_continuous_bcf(
+    observed: xr.Dataset,
+    *,
+    propensity=None,
+    n_draws: int = 200,
+    n_chains: int = 1,
+    n_warmstart: int = 10,
+    n_burnin: int = 0,
+    n_trees_mu: int = 200,
+    n_trees_tau: int = 50,
+    seed: int = 0,
+    num_threads: int = -1,
+    progress: bool = True,
+    stochtree_options: Mapping | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> ContinuousBCFResult:
+    """Fit a Gaussian BCF to a continuous outcome: ``expected[k] = μ(x) + τ_k(x)`` per draw.
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        Observed data, as from :func:`pytyche.observed_data`.
+    {options}
+
+    Returns
+    -------
+    ContinuousBCFResult
+        ``expected`` float32 (visitor, [chain,] draw, arm), dask-chunked along visitor; the
+        observed data attached as visitor coordinates.
+
+    Raises
+    ------
+    ValueError
+        When the outcome is constant, or the observed data or options are invalid.
+    """
+    setup = _Setup(observed, propensity, _options(locals()))
+    if np.ptp(setup.outcome) == 0:
+        raise ValueError(f"the outcome is {setup.outcome[0]:g} for every visitor: nothing to fit")
+    mu, tau, _ = setup.sample("outcome model (Gaussian BCF)", setup.outcome, stage=1)
+    return setup.result(ContinuousBCFResult, {"expected": _per_arm(mu, tau, None)})
+
+
+def fit_hurdle_bcf(
+    observed: xr.Dataset,
+    *,
+    propensity=None,
+    n_draws: int = 200,
+    n_chains: int = 1,
+    n_warmstart: int = 10,
+    n_burnin: int = 0,
+    n_trees_mu: int = 200,
+    n_trees_tau: int = 50,
+    seed: int = 0,
+    num_threads: int = -1,
+    progress: bool = True,
+    stochtree_options: Mapping | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> HurdleBCFResult:
+    """Fit a hurdle posterior to a non-negative outcome with many zeros (e.g. revenue).
+
+    ``conversion`` comes from a probit BCF of ``outcome > 0`` on every visitor; ``value``
+    from a Gaussian BCF of ``log(outcome)`` on the converters, ``value[k] = exp(m_k(x) +
+    σ²/2)`` per draw, with σ² that draw's residual variance (the log-normal mean). The value
+    part compares converters, who differ between arms when conversion does, so it is not a
+    causal effect on its own: only ``conversion * value`` is used for decisions.
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        Observed data, as from :func:`pytyche.observed_data`, with an outcome >= 0.
+    {options}
+
+    Returns
+    -------
+    HurdleBCFResult
+        ``conversion`` and ``value``, float32 (visitor, [chain,] draw, arm), dask-chunked
+        along visitor; the observed data attached as visitor coordinates.
+
+    Raises
+    ------
+    ValueError
+        When an arm has a negative outcome or fewer than 10 converters (naming the arm), or
+        the observed data or options are invalid.
+    """
+    setup = _Setup(observed, propensity, _options(locals()))
+    outcome = setup.outcome
+    for arm, values in setup.by_arm(outcome):
+        if values.min() < 0:
+            raise ValueError(
+                f"arm {arm!r}: a hurdle fit needs a non-negative outcome, found {values.min():g}"
+            )
+        converters = int(np.count_nonzero(values > 0))
+        if converters < MIN_CONVERTERS:
+            raise ValueError(
+                f"arm {arm!r} has {converters} converter(s) (outcome > 0); the value model needs "
+                f"at least {MIN_CONVERTERS} in every arm"
+            )
+    converted = outcome > 0
+    if converted.all():
+        raise ValueError(
+            "every visitor has a positive outcome: there is no hurdle to model; use "
+            "fit_continuous_bcf"
+        )
+    mu, tau, _ = setup.sample(
+        "conversion model (probit BCF)", converted.astype(np.float64), stage=1, probit=True
+    )
+    conversion = _per_arm(mu, tau, ndtr)
+    del mu, tau
+    m, m_tau, sigma2 = setup.sample(
+        "value model (Gaussian BCF on log outcome of converters)",
+        np.log(outcome[converted]),
+        stage=2,
+        subset=converted,
+    )
+    half_variance = (sigma2 / 2.0).reshape((1, *sigma2.shape, 1))
+    value = _per_arm(m, m_tau, np.exp, shift=half_variance)
+    return setup.result(HurdleBCFResult, {"conversion": conversion, "value": value})
+
+
+for _function in (fit_binary_bcf, fit_continuous_bcf, fit_hurdle_bcf):
+    _function.__doc__ = _function.__doc__.replace("    {options}", _OPTIONS_DOC.strip("\n"))
+
+
+# --------------------------------------------------------------------------- implementation
+
+_OPTION_NAMES = (
+    "n_draws",
+    "n_chains",
+    "n_warmstart",
+    "n_burnin",
+    "n_trees_mu",
+    "n_trees_tau",
+    "seed",
+    "num_threads",
+    "progress",
+    "stochtree_options",
+    "chunk_bytes",
+)
+
+
+def _options(arguments: dict) -> dict:
+    options = {name: arguments[name] for name in _OPTION_NAMES}
+    positive = ("n_draws", "n_chains", "n_trees_mu", "n_trees_tau", "chunk_bytes")
+    for name in (*positive, "n_warmstart", "n_burnin", "seed", "num_threads"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        options[name] = int(value)
+    for name in positive:
+        if options[name] < 1:
+            raise ValueError(f"{name} must be at least 1, got {options[name]}")
+    for name in ("n_warmstart", "n_burnin", "seed"):
+        if options[name] < 0:
+            raise ValueError(f"{name} must be >= 0, got {options[name]}")
+    if options["num_threads"] == 0 or options["num_threads"] < -1:
+        raise ValueError(
+            f"num_threads must be -1 (all cores) or >= 1, got {options['num_threads']}"
+        )
+    extra = options["stochtree_options"] or {}
+    allowed = {"general_params", "prognostic_forest_params", "treatment_effect_forest_params"}
+    unknown = sorted(set(extra) - allowed)
+    if unknown:
+        raise ValueError(f"stochtree_options takes the keys {sorted(allowed)}; got {unknown}")
+    return options
+
+
+class _Setup:
+    """Everything a fit derives from the observed data once: arms, design matrix, propensity."""
+
+    def __init__(self, observed: xr.Dataset, propensity, options: dict):
+        self.observed = observed
+        self.options = options
+        attrs_arms = (
+            observed.attrs.get("pytyche_arms") if isinstance(observed, xr.Dataset) else None
+        )
+        arms = check_observed(observed, None if attrs_arms is None else list(attrs_arms))
+        self.arms = [str(a) for a in arms]
+        if len(self.arms) < 2:
+            raise ValueError(f"the observed data has a single arm {self.arms}; need at least 2")
+        self.codes = arm_codes(observed, self.arms)
+        counts = np.bincount(self.codes, minlength=len(self.arms))
+        for arm, count in zip(self.arms, counts, strict=True):
+            if count == 0:
+                raise ValueError(f"arm {arm!r} has no visitors in the observed data")
+        self.counts = counts
+        self.outcome = _outcome(observed)
+        self.covariates, self.X = design_matrix(observed)
+        self.propensity = _propensity(propensity, self.arms, self.codes, counts)
+        self.propensity_given = propensity is not None
+        n_treat = len(self.arms) - 1
+        self.Z = np.zeros((self.codes.size, n_treat))
+        treated = self.codes > 0
+        self.Z[np.flatnonzero(treated), self.codes[treated] - 1] = 1.0
+
+    def by_arm(self, values: np.ndarray):
+        for k, arm in enumerate(self.arms):
+            yield arm, values[self.codes == k]
+
+    def sample(self, label: str, y: np.ndarray, *, stage: int, probit: bool = False, subset=None):
+        """Run one multivariate BCF; return μ (visitor, sample), τ (visitor, sample, K-1) and
+        σ² (sample,) for every visitor (the fit may use a subset of them)."""
+        from stochtree import BCFModel, OutcomeModel
+
+        o = self.options
+        n_chains = o["n_chains"]
+        general = {
+            "random_seed": _stage_seed(o["seed"], stage),
+            "num_threads": o["num_threads"],
+            "num_chains": n_chains,
+            # A constant propensity cannot split a tree: keep it out of the forests.
+            "propensity_covariate": "none" if self.propensity_is_constant else "prognostic",
+            "adaptive_coding": False,
+        }
+        if probit:
+            general["outcome_model"] = OutcomeModel(outcome="binary", link="probit")
+            general["sample_sigma2_global"] = False  # fixed at 1 under a probit link
+        extra = o["stochtree_options"] or {}
+        general |= dict(extra.get("general_params", {}))
+        mu_params = {"num_trees": o["n_trees_mu"]} | dict(extra.get("prognostic_forest_params", {}))
+        tau_params = {"num_trees": o["n_trees_tau"]} | dict(
+            extra.get("treatment_effect_forest_params", {})
+        )
+        X, Z, p = self.X, self.Z, self.propensity[:, 1:]
+        test = {}
+        if subset is not None:
+            test = {"X_test": X, "Z_test": Z, "propensity_test": p}
+            X, Z, p = X[subset], Z[subset], p[subset]
+        model = BCFModel()
+        n_rows = y.size
+        description = (
+            f"{label}: {n_rows:,} visitors, {len(self.arms)} arms, {n_chains} chain(s) × "
+            f"({max(o['n_warmstart'], n_chains)} warm-start + {o['n_burnin']} burn-in + "
+            f"{o['n_draws']} kept) iterations"
+        )
+        with _Progress(description, enabled=o["progress"]):
+            model.sample(
+                X,
+                Z,
+                y,
+                propensity_train=p,
+                num_gfr=max(o["n_warmstart"], n_chains) if o["n_warmstart"] else 0,
+                num_burnin=o["n_burnin"],
+                num_mcmc=o["n_draws"],
+                general_params=general,
+                prognostic_forest_params=mu_params,
+                treatment_effect_forest_params=tau_params,
+                **test,
+            )
+        if subset is None:
+            mu, tau = model.mu_hat_train, model.tau_hat_train
+        else:
+            mu, tau = model.mu_hat_test, model.tau_hat_test
+        n = self.codes.size
+        mu = np.asarray(mu, dtype=np.float64).reshape(n, -1)
+        tau = np.asarray(tau, dtype=np.float64).reshape(n, mu.shape[1], len(self.arms) - 1)
+        if probit:
+            sigma2 = np.ones(mu.shape[1])
+        else:
+            sigma2 = np.asarray(model.global_var_samples, dtype=np.float64).reshape(-1)
+        if sigma2.size != mu.shape[1]:
+            raise RuntimeError(
+                f"stochtree returned {mu.shape[1]} μ draws but {sigma2.size} variance draws"
+            )
+        return mu, tau, sigma2
+
+    @property
+    def propensity_is_constant(self) -> bool:
+        return bool((self.propensity == self.propensity[:1]).all())
+
+    def result(self, cls, variables: dict[str, np.ndarray]):
+        o = self.options
+        n_chains, n_draws = o["n_chains"], o["n_draws"]
+        n, k = self.codes.size, len(self.arms)
+        if n_chains > 1:
+            dims = (VISITOR, CHAIN, DRAW, ARM)
+            shape = (n, n_chains, n_draws, k)
+        else:
+            dims = (VISITOR, DRAW, ARM)
+            shape = (n, n_draws, k)
+        chunk = min(n, visitor_chunk(int(np.prod(shape[1:])) * 4, o["chunk_bytes"]))
+        data_vars = {}
+        for name, values in variables.items():
+            # stochtree stores chains one after another along its sample axis.
+            values = values.reshape(shape)
+            data_vars[name] = (dims, da.from_array(values, chunks=(chunk, *shape[1:])))
+        fit_info = {
+            "backend": "stochtree",
+            "backend_version": _stochtree_version(),
+            "model": "multivariate-treatment BCF",
+            "propensity": "given" if self.propensity_given else "observed arm shares",
+            "covariates": self.covariates,
+            **{name: o[name] for name in _OPTION_NAMES if name not in ("progress",)},
+        }
+        fit_info["stochtree_options"] = repr(fit_info["stochtree_options"])
+        ds = xr.Dataset(
+            data_vars,
+            coords={ARM: np.array(self.arms, dtype=object)},
+            attrs={
+                "pytyche_family": cls.family,
+                "pytyche_schema": SCHEMA_VERSION,
+                "pytyche_fit": json.dumps(fit_info),
+            },
+        )
+        return cls(attach_observed(ds, self.observed))
+
+
+def _per_arm(mu, tau, link, shift=None) -> np.ndarray:
+    """(visitor, sample, arm) float32 of link(μ + τ_k [+ shift]), control's τ being 0.
+
+    Built in visitor blocks so that the float64 temporaries stay small.
+    """
+    n, s = mu.shape
+    k = tau.shape[2] + 1
+    out = np.empty((n, s, k), dtype=np.float32)
+    block = max(1, (32 * 2**20) // (8 * s * k))
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        linear = np.empty((hi - lo, s, k))
+        linear[..., 0] = mu[lo:hi]
+        linear[..., 1:] = mu[lo:hi, :, None] + tau[lo:hi]
+        if shift is not None:
+            linear += shift
+        out[lo:hi] = linear if link is None else link(linear)
+    return out
+
+
+def _outcome(observed: xr.Dataset) -> np.ndarray:
+    if not isinstance(observed, xr.Dataset):
+        raise TypeError(
+            f"observed must be an xarray.Dataset (see pytyche.observed_data), got "
+            f"{type(observed).__name__}"
+        )
+    variables = observed_variables(observed)
+    if OUTCOME not in variables:
+        raise ValueError(
+            f"the observed data has no {OUTCOME!r} along 'visitor' (found {sorted(variables)}); "
+            "build it with pytyche.observed_data(frames, outcome=...)"
+        )
+    values = np.asarray(variables[OUTCOME].values)
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise ValueError(f"the outcome has dtype {values.dtype}; expected numbers")
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the outcome holds NaN or infinite values")
+    return values
+
+
+def design_matrix(observed: xr.Dataset) -> tuple[list[str], np.ndarray]:
+    """The float64 covariate matrix the forests split on, and the covariates it came from.
+
+    Numbers pass through, with a missing value set below the column's minimum plus a
+    missing-indicator column (so one split separates the missing); booleans become 0/1; text
+    becomes one indicator column per value (missing text is its own value).
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        Observed data.
+
+    Returns
+    -------
+    covariates : list of str
+        The covariates used, in column order of first appearance.
+    X : numpy.ndarray
+        (visitor, column) float64.
+
+    Raises
+    ------
+    ValueError
+        For a covariate of an unsupported dtype or a text covariate with too many values.
+    """
+    variables = observed_variables(observed)
+    n = observed.sizes[VISITOR]
+    names = [name for name in variables if name not in (VARIANT, OUTCOME)]
+    columns: list[np.ndarray] = []
+    for name in names:
+        values = np.asarray(variables[name].values)
+        kind = values.dtype.kind
+        if kind == "b":
+            columns.append(values.astype(np.float64))
+        elif kind in "iuf":
+            values = values.astype(np.float64)
+            missing = np.isnan(values)
+            if missing.any():
+                present = values[~missing]
+                lo, hi = (present.min(), present.max()) if present.size else (0.0, 0.0)
+                filled = np.where(missing, lo - max(1.0, 0.1 * (hi - lo)), values)
+                columns += [filled, missing.astype(np.float64)]
+            else:
+                columns.append(values)
+        elif kind in "USOT":
+            if kind == "O":
+                present = values[~pd.isna(values)]
+                odd = [v for v in present[:1000] if not isinstance(v, str)]
+                if odd:
+                    raise ValueError(
+                        f"covariate {name!r} is an object array holding "
+                        f"{type(odd[0]).__name__} values; expected text, numbers or booleans"
+                    )
+            missing = np.asarray(pd.isna(values), dtype=bool)
+            text = np.where(missing, "", values.astype(object)).astype(str)
+            levels = np.unique(text[~missing])
+            if levels.size > MAX_TEXT_LEVELS:
+                raise ValueError(
+                    f"text covariate {name!r} has {levels.size} distinct values (more than "
+                    f"{MAX_TEXT_LEVELS}); bucket it or drop it from the covariates"
+                )
+            columns += [(text == level) & ~missing for level in levels]
+            if missing.any():
+                columns.append(missing)
+        else:
+            raise ValueError(
+                f"covariate {name!r} has dtype {values.dtype}; covariates must be numbers, "
+                "booleans or text"
+            )
+    if not columns:
+        # No covariates: the forests can only learn the average effect of each arm.
+        return names, np.zeros((n, 1))
+    return names, np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
+
+
+def _propensity(propensity, arms: list[str], codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(visitor, arm) assignment probabilities, validated; observed shares by default."""
+    n, k = codes.size, len(arms)
+    if propensity is None:
+        return np.broadcast_to(counts / counts.sum(), (n, k)).copy()
+    if isinstance(propensity, Mapping):
+        unknown = sorted(set(map(str, propensity)) - set(arms))
+        missing = [a for a in arms if a not in propensity]
+        if unknown or missing:
+            raise ValueError(
+                f"propensity must give one share per arm {arms}; "
+                + (f"unknown {unknown} " if unknown else "")
+                + (f"missing {missing}" if missing else "")
+            )
+        propensity = [propensity[a] for a in arms]
+    p = np.asarray(propensity, dtype=np.float64)
+    if p.ndim == 1:
+        if p.size != k:
+            raise ValueError(f"propensity has {p.size} shares but there are {k} arms {arms}")
+        p = np.broadcast_to(p, (n, k)).copy()
+    elif p.shape != (n, k):
+        raise ValueError(
+            f"propensity must be one share per arm ({k},) or one row per visitor ({n}, {k}); "
+            f"got shape {p.shape}"
+        )
+    for j, arm in enumerate(arms):
+        column = p[:, j]
+        if not np.isfinite(column).all() or (column <= 0).any() or (column >= 1).any():
+            raise ValueError(
+                f"arm {arm!r}: propensity must lie strictly between 0 and 1, got values in "
+                f"[{np.nanmin(column):g}, {np.nanmax(column):g}]"
+            )
+    sums = p.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-6):
+        i = int(np.argmax(np.abs(sums - 1.0)))
+        raise ValueError(f"propensities must sum to 1 over arms; visitor row {i} sums to {sums[i]}")
+    return p
+
+
+def _stage_seed(seed: int, stage: int) -> int:
+    """An independent, reproducible stochtree seed for each model of a fit."""
+    return int(np.random.SeedSequence([seed, stage]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _stochtree_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stochtree")
+    except PackageNotFoundError:  # pragma: no cover - stochtree is a dependency
+        return "unknown"
+
+
+class _Progress:
+    """Progress lines on stderr while a model fits, once it has run ``PROGRESS_AFTER_S``.
+
+    stochtree offers no per-iteration callback, so the lines report elapsed time from a
+    background thread; a fit that ends quickly prints nothing.
+    """
+
+    def __init__(self, description: str, enabled: bool):
+        self.description = description
+        self.enabled = enabled
+        self._done = threading.Event()
+        self._printed = False
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        self._started = time.perf_counter()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        wait = PROGRESS_AFTER_S
+        while not self._done.wait(wait):
+            elapsed = time.perf_counter() - self._started
+            prefix = "" if self._printed else f"pytyche: fitting {self.description}\n"
+            sys.stderr.write(f"{prefix}pytyche:   ... {elapsed:,.0f} s elapsed\n")
+            sys.stderr.flush()
+            self._printed = True
+            wait = PROGRESS_EVERY_S
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._printed:
+            elapsed = time.perf_counter() - self._started
+            status = "failed" if exc[0] is not None else "done"
+            sys.stderr.write(f"pytyche:   {status} in {elapsed:,.1f} s\n")
+            sys.stderr.flush()
+        return False

@@ -1,0 +1,230 @@
+"""A randomized experiment with known truth: visitor covariates, outcomes, and the true metric.
+
+The simulator is how pytyche checks that a fit recovers what it should: it returns the observed
+data (exactly what :func:`pytyche.observed_data` would build from real tables) together with
+the true expected metric of every visitor under every arm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+from scipy.special import ndtr
+
+from .data import OUTCOME, VARIANT, VISITOR
+from .results import ARM, RESULT_TYPES
+from .segments import DiscoveredSegment
+
+__all__ = ["SCENARIOS", "planted_segments", "simulate_experiment"]
+
+SCENARIOS = ("null", "uniform", "segmented")
+DEVICES = np.array(["mobile", "desktop", "tablet"], dtype=object)
+DEVICE_SHARES = (0.5, 0.35, 0.15)
+# The segments of the "segmented" scenario; within each, one arm is best for every visitor.
+PLANTED_RULES = (
+    "device == 'mobile'",
+    "device == 'desktop' and age > 40",
+    "device == 'desktop' and age <= 40",
+    "device == 'tablet'",
+)
+# Size of one unit of lift on each family's scale: probit units for conversion, outcome units
+# for the continuous family, log-spend units for the hurdle's value part.
+EFFECT = {"binary": 0.4, "continuous": 1.0, "hurdle": 0.4}
+VALUE_EFFECT = 0.1
+NOISE_SD = 3.0  # continuous outcome noise
+LOG_SPEND_SD = 0.6  # hurdle: sd of log spend among converters
+
+
+def simulate_experiment(
+    n_visitors: int,
+    arms: Sequence[str] = ("control", "A", "B"),
+    family: str = "hurdle",
+    scenario: str = "segmented",
+    seed: int = 0,
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Simulate a randomized experiment whose true per-visitor effects are known.
+
+    Visitors get four covariates of mixed kinds: ``device`` (text: mobile 50%, desktop 35%,
+    tablet 15%), ``age`` (numeric, 18-79, about 2% missing), ``returning`` (boolean, 30%) and
+    ``visits`` (integer count with no effect, a distractor). Visitors are split evenly between
+    the arms (the first arms get one more when the split is uneven); rows are variant-major.
+
+    Scenarios, on the family's scale (probit for conversion, outcome units otherwise):
+
+    - ``"null"``: no arm differs from control for anyone.
+    - ``"uniform"``: the first treatment is better than control for everyone, by the same
+      amount; the other treatments equal control.
+    - ``"segmented"``: the best arm differs by segment (see :func:`planted_segments`): the
+      first treatment wins on mobile (more so for older visitors) and on desktop visitors of
+      40 or younger, the second treatment (when there is one) wins on desktop visitors over
+      40, and control wins on tablets, where every treatment hurts. Further treatments are
+      close contenders that never win.
+
+    Parameters
+    ----------
+    n_visitors : int
+        Number of visitors; at least one per arm.
+    arms : sequence of str, default ("control", "A", "B")
+        Arm names, control first; at least 2.
+    family : {"hurdle", "binary", "continuous"}, default "hurdle"
+        Outcome family: a 0/1 conversion, a continuous outcome, or spend that is zero unless
+        the visitor converts (log-normal given conversion).
+    scenario : {"null", "uniform", "segmented"}, default "segmented"
+        The truth to plant.
+    seed : int, default 0
+        The same seed gives the same experiment.
+
+    Returns
+    -------
+    observed : xarray.Dataset
+        Observed data as :func:`pytyche.observed_data` returns it: coordinates ``variant``,
+        ``device``, ``age``, ``returning``, ``visits`` and ``outcome`` along ``visitor``.
+    truth : xarray.Dataset
+        ``metric`` (visitor, arm): the true expected outcome of each visitor under each arm;
+        for the hurdle family also ``conversion`` and ``value`` (metric = conversion ×
+        value), for the binary family ``conversion`` (= metric), for the continuous family
+        ``expected`` (= metric). Same visitor coordinates as ``observed``; attrs ``family``
+        and ``scenario``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown family or scenario, fewer than 2 or duplicate arms, or fewer visitors
+        than arms.
+
+    Examples
+    --------
+    >>> observed, truth = simulate_experiment(3_000, family="binary", seed=1)
+    >>> observed.sizes["visitor"], list(truth["arm"].values)
+    (3000, ['control', 'A', 'B'])
+    """
+    if family not in RESULT_TYPES:
+        raise ValueError(f"family must be one of {sorted(RESULT_TYPES)}, got {family!r}")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
+    if isinstance(arms, str):
+        raise ValueError(f"arms must be a sequence of names, got the single string {arms!r}")
+    arms = [str(a) for a in arms]
+    if len(arms) < 2:
+        raise ValueError(f"an experiment needs at least 2 arms (control first), got {arms}")
+    duplicates = sorted({a for a in arms if arms.count(a) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate arm names {duplicates} in {arms}")
+    n_visitors = int(n_visitors)
+    if n_visitors < len(arms):
+        raise ValueError(f"need at least one visitor per arm: {n_visitors} visitors, {arms}")
+
+    rng = np.random.default_rng(seed)
+    n_arms = len(arms)
+    device = DEVICES[rng.choice(len(DEVICES), size=n_visitors, p=DEVICE_SHARES)]
+    age = rng.integers(18, 80, size=n_visitors).astype(np.float64)
+    age[rng.random(n_visitors) < 0.02] = np.nan
+    returning = rng.random(n_visitors) < 0.3
+    visits = rng.poisson(3.0, size=n_visitors).astype(np.int64)
+    counts = np.full(n_arms, n_visitors // n_arms)
+    counts[: n_visitors % n_arms] += 1
+    served = np.repeat(np.arange(n_arms), counts)
+    variant = np.array(arms, dtype=object)[served]
+
+    lift = _lift(scenario, device, age, n_arms)  # (visitor, arm), in effect units
+    known_age = np.where(np.isnan(age), 48.0, age)
+    rows = np.arange(n_visitors)
+    truth_vars: dict[str, np.ndarray] = {}
+    if family in ("binary", "hurdle"):
+        latent = (
+            -0.9
+            - (0.1 if family == "hurdle" else 0.0)
+            + 0.35 * returning
+            + 0.004 * (known_age - 48.0)
+            + 0.1 * (device == "desktop")
+        )
+        conversion = ndtr(latent[:, None] + EFFECT[family] * lift)
+        converted = rng.random(n_visitors) < conversion[rows, served]
+        truth_vars["conversion"] = conversion
+    if family == "binary":
+        metric = conversion
+        outcome = converted.astype(np.float64)
+    elif family == "continuous":
+        base = 10.0 + 1.5 * returning + 0.05 * (known_age - 48.0) + 0.5 * (device == "desktop")
+        metric = base[:, None] + EFFECT[family] * lift
+        outcome = metric[rows, served] + NOISE_SD * rng.standard_normal(n_visitors)
+        truth_vars["expected"] = metric
+    else:
+        log_spend = 3.5 + 0.2 * (device == "desktop") + 0.01 * (known_age - 48.0)
+        log_spend = log_spend[:, None] + VALUE_EFFECT * _value_lift(scenario, device, age, n_arms)
+        value = np.exp(log_spend + LOG_SPEND_SD**2 / 2)
+        spend = np.exp(log_spend[rows, served] + LOG_SPEND_SD * rng.standard_normal(n_visitors))
+        outcome = np.where(converted, spend, 0.0)
+        metric = conversion * value
+        truth_vars["value"] = value
+
+    coords = {
+        VARIANT: (VISITOR, variant),
+        "device": (VISITOR, device),
+        "age": (VISITOR, age),
+        "returning": (VISITOR, returning),
+        "visits": (VISITOR, visits),
+    }
+    observed = xr.Dataset(
+        coords={**coords, OUTCOME: (VISITOR, outcome)},
+        attrs={"pytyche_outcome": OUTCOME, "pytyche_arms": list(arms)},
+    )
+    truth = xr.Dataset(
+        {
+            "metric": ((VISITOR, ARM), metric),
+            **{name: ((VISITOR, ARM), values) for name, values in truth_vars.items()},
+        },
+        coords={**coords, ARM: np.array(arms, dtype=object)},
+        attrs={"family": family, "scenario": scenario},
+    )
+    return observed, truth
+
+
+def planted_segments() -> list[DiscoveredSegment]:
+    """The segments of the ``"segmented"`` scenario, ids 0-3.
+
+    Within each, one arm is the true best for every member (control on tablets).
+
+    Returns
+    -------
+    list of DiscoveredSegment
+    """
+    return [DiscoveredSegment(i, rule) for i, rule in enumerate(PLANTED_RULES)]
+
+
+def _lift(scenario: str, device: np.ndarray, age: np.ndarray, n_arms: int) -> np.ndarray:
+    """True lift of each arm over control, in effect units; column 0 (control) is zero."""
+    lift = np.zeros((device.size, n_arms))
+    if scenario == "null":
+        return lift
+    if scenario == "uniform":
+        lift[:, 1] = 1.0
+        return lift
+    mobile, desktop, tablet = (device == d for d in DEVICES)
+    with np.errstate(invalid="ignore"):
+        older = desktop & (age > 40)  # a desktop visitor of unknown age counts as younger
+    younger = desktop & ~older
+    # First treatment: wins on mobile (by 0.5-1.5 units, growing with age) and young desktop.
+    age_slope = np.clip((np.where(np.isnan(age), 48.0, age) - 48.0) / 30.0, -0.5, 0.5)
+    lift[:, 1] = np.select(
+        [mobile, older, younger, tablet], [1.0 + age_slope, -0.3, 0.8, -0.8], 0.0
+    )
+    if n_arms > 2:  # second treatment: wins on desktop visitors over 40
+        lift[:, 2] = np.select([mobile, older, younger, tablet], [-0.3, 1.0, -0.5, -0.8], 0.0)
+    for k in range(3, n_arms):  # close contenders that never win
+        lift[:, k] = np.select([mobile, older, younger, tablet], [0.4, 0.4, 0.2, -0.6], 0.0)
+    return lift
+
+
+def _value_lift(scenario: str, device: np.ndarray, age: np.ndarray, n_arms: int) -> np.ndarray:
+    """True effect on log spend given conversion (hurdle only): small, never decisive alone."""
+    lift = np.zeros((device.size, n_arms))
+    if scenario == "segmented":
+        lift[:, 1:] = -0.5
+        if n_arms > 2:
+            with np.errstate(invalid="ignore"):
+                older_desktop = (device == "desktop") & (age > 40)
+            lift[:, 2] = np.where(older_desktop, 1.0, -0.5)
+    return lift

@@ -1,0 +1,286 @@
+"""Observed data from per-arm tables, and posteriors from arrays and ArviZ-style groups."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import pytyche as pt
+
+
+def frames():
+    return {
+        "control": pd.DataFrame(
+            {
+                "device": pd.Series(["mobile", None, "tablet"], dtype="str"),
+                "plan": pd.Categorical(["free", "pro", "free"]),
+                "age": pd.array([30, pd.NA, 52], dtype="Int64"),
+                "returning": [True, False, True],
+                "visits": np.array([1, 2, 3], dtype=np.int64),
+                "spend": [0.0, 12.5, 3.0],
+            }
+        ),
+        "A": pd.DataFrame(
+            {
+                "device": ["desktop", "mobile"],
+                "plan": pd.Categorical(["pro", "team"]),
+                "age": pd.array([41, 19], dtype="Int64"),
+                "returning": [False, False],
+                "visits": np.array([4, 5], dtype=np.int64),
+                "spend": [1.0, 0.0],
+            }
+        ),
+    }
+
+
+def test_observed_data_is_variant_major_with_typed_coordinates():
+    obs = pt.observed_data(frames(), outcome="spend")
+    assert obs.sizes["visitor"] == 5
+    assert list(obs.data_vars) == []
+    assert obs["variant"].values.tolist() == ["control"] * 3 + ["A"] * 2
+    # Text and categorical stay text (not codes); missing text is NaN, as in xarray.
+    assert obs["device"].dtype == object
+    device = obs["device"].values
+    assert pd.isna(device[1])
+    assert device[[0, 2, 3, 4]].tolist() == ["mobile", "tablet", "desktop", "mobile"]
+    assert obs["plan"].values.tolist() == ["free", "pro", "free", "pro", "team"]
+    # Nullable integers with a gap become float with NaN; plain ints and bools keep their type.
+    np.testing.assert_array_equal(obs["age"].values, [30, np.nan, 52, 41, 19])
+    assert obs["age"].dtype == np.float64
+    assert obs["visits"].dtype == np.int64
+    assert obs["returning"].dtype == bool
+    np.testing.assert_array_equal(obs["outcome"].values, [0.0, 12.5, 3.0, 1.0, 0.0])
+    assert obs.attrs["pytyche_outcome"] == "spend"
+    assert obs.attrs["pytyche_arms"] == ["control", "A"]
+    assert "visitor" not in obs.indexes
+
+
+def test_observed_data_rules_evaluate_on_text_covariates():
+    obs = pt.observed_data(frames(), outcome="spend")
+    member = pt.membership([pt.DiscoveredSegment(0, "device == 'mobile' and plan != 'team'")], obs)
+    assert member.values.tolist() == [[True, False, False, False, False]]
+
+
+def test_observed_data_covariate_selection_and_visitor_ids():
+    data = frames()
+    data["control"]["visitor_id"] = ["c1", "c2", "c3"]
+    data["A"]["visitor_id"] = ["a1", "a2"]
+    obs = pt.observed_data(data, outcome="spend", covariates=["device"])
+    assert obs["visitor"].values.tolist() == ["c1", "c2", "c3", "a1", "a2"]
+    assert set(obs.coords) == {"visitor", "variant", "device", "outcome"}
+
+
+def test_observed_data_accepts_pairs_and_bool_outcome():
+    pairs = [
+        ("control", pd.DataFrame({"x": [1.0, 2.0], "y": [True, False]})),
+        ("T", pd.DataFrame({"x": [3.0], "y": [True]})),
+    ]
+    obs = pt.observed_data(pairs, outcome="y")
+    np.testing.assert_array_equal(obs["outcome"].values, [1.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: {"control": f["control"]}, "at least 2 arms"),
+        (lambda f: {**f, "B": f["A"].iloc[:0]}, "arm 'B' has no rows"),
+        (lambda f: {**f, "A": f["A"].drop(columns="spend")}, "arm 'A' has no outcome column"),
+        (
+            lambda f: {**f, "A": f["A"].assign(spend=["x", "y"])},
+            "arm 'A': outcome column 'spend' has dtype",
+        ),
+        (
+            lambda f: {**f, "A": f["A"].assign(spend=[1.0, np.nan])},
+            "arm 'A': outcome column 'spend' has 1 missing",
+        ),
+        (
+            lambda f: {**f, "A": f["A"].drop(columns="plan")},
+            r"arm 'A' lacks the covariate column\(s\) \['plan'\]",
+        ),
+        (
+            lambda f: {**f, "A": f["A"].assign(extra=1)},
+            r"arm 'A' has column\(s\) \['extra'\]",
+        ),
+        (
+            lambda f: {**f, "A": f["A"].assign(age=["old", "young"])},
+            "covariate 'age' is number in arm 'control' but text in arm 'A'",
+        ),
+        (
+            lambda f: {arm: t.rename(columns={"visits": "variant"}) for arm, t in f.items()},
+            "covariate column 'variant' clashes",
+        ),
+        (
+            lambda f: {**f, "A": f["A"].assign(when=pd.Timestamp("2024-01-01"))},
+            "has column",
+        ),
+    ],
+)
+def test_observed_data_rejects_bad_tables(mutate, message):
+    with pytest.raises(ValueError, match=message):
+        pt.observed_data(mutate(frames()), outcome="spend")
+
+
+def test_observed_data_rejects_duplicate_arms_ids_and_unsupported_dtypes():
+    f = frames()
+    with pytest.raises(ValueError, match=r"duplicate arm names \['A'\]"):
+        pt.observed_data([("control", f["control"]), ("A", f["A"]), ("A", f["A"])], "spend")
+    f["control"]["visitor_id"] = [1, 2, 3]
+    f["A"]["visitor_id"] = [4, 2]
+    with pytest.raises(ValueError, match="duplicate visitor id 2 in arms 'control' and 'A'"):
+        pt.observed_data(f, "spend")
+    f = frames()
+    for frame in f.values():
+        frame["when"] = pd.Timestamp("2024-01-01")
+    with pytest.raises(ValueError, match="arm 'control', covariate 'when': unsupported dtype"):
+        pt.observed_data(f, "spend")
+    f = frames()
+    f["A"]["returning"] = pd.array([True, pd.NA], dtype="boolean")
+    with pytest.raises(ValueError, match="arm 'A', boolean covariate 'returning' has missing"):
+        pt.observed_data(f, "spend")
+    with pytest.raises(TypeError, match="arm 'A': expected a pandas DataFrame"):
+        pt.observed_data({"control": frames()["control"], "A": [1, 2]}, "spend")
+
+
+# --------------------------------------------------------------------------- from_arrays
+
+
+def observed_for(n_per_arm=(4, 3, 3)):
+    arms = ["control", "A", "B"]
+    tables = {
+        arm: pd.DataFrame({"device": (["mobile", "desktop"] * n)[:n], "y": 0.0})
+        for arm, n in zip(arms, n_per_arm, strict=True)
+    }
+    return pt.observed_data(tables, outcome="y"), arms
+
+
+def test_from_arrays_numpy_hurdle_in_contract():
+    obs, arms = observed_for()
+    n = obs.sizes["visitor"]
+    rng = np.random.default_rng(0)
+    conversion = rng.uniform(size=(n, 7, 3))
+    value = rng.gamma(2.0, size=(n, 7, 3))
+    result = pt.from_arrays("hurdle", arms, observed=obs, conversion=conversion, value=value)
+    assert isinstance(result, pt.HurdleBCFResult)
+    ds = result.dataset
+    assert ds["conversion"].dims == ("visitor", "draw", "arm")
+    assert ds["conversion"].dtype == np.float32
+    assert isinstance(ds["conversion"].data, np.ndarray)  # numpy stays in memory with "auto"
+    np.testing.assert_array_equal(ds["value"].values, value.astype(np.float32))
+    assert ds.attrs == {"pytyche_family": "hurdle", "pytyche_schema": 1}
+    assert result.variants == tuple(arms)
+    xr.testing.assert_equal(result.observed["device"].variable, obs["device"].variable)
+    pt.posterior(ds)  # validates
+
+
+def test_from_arrays_rechunks_dask_visitor_major_and_keeps_chains():
+    obs, arms = observed_for()
+    n = obs.sizes["visitor"]
+    expected = da.random.default_rng(1).normal(size=(n, 2, 5, 3), chunks=(3, 1, 2, 3))
+    result = pt.from_arrays("continuous", arms, observed=obs, chunks=4, expected=expected)
+    data = result.dataset["expected"].data
+    assert result.dataset["expected"].dims == ("visitor", "chain", "draw", "arm")
+    assert data.chunks[1:] == ((2,), (5,), (3,))
+    assert data.chunks[0][0] == 4
+    np.testing.assert_allclose(data.compute(), expected.compute().astype(np.float32))
+    auto = pt.from_arrays("continuous", arms, expected=expected)
+    assert auto.dataset["expected"].data.chunks[1:] == ((2,), (5,), (3,))
+    assert auto.observed is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"family": "poisson"}, "family must be one of"),
+        ({"value": np.ones((10, 2, 3))}, r"missing \['conversion'\]"),
+        ({"conversion": np.ones((10, 2, 2))}, "2 entries on its last .arm. axis but 3 arms"),
+        ({"conversion": np.ones((10, 3))}, "has 2 dims"),
+        ({"conversion": np.full((10, 2, 3), 1.5)}, r"probabilities in \[0, 1\]"),
+        ({"conversion": np.full((10, 2, 3), np.nan)}, "NaN or infinity"),
+        ({"conversion": np.ones((9, 2, 3))}, "observed data has 10 visitors but"),
+        ({"conversion": np.ones((10, 2, 3)), "extra": np.ones(3)}, r"unexpected \['extra'\]"),
+    ],
+)
+def test_from_arrays_errors(kwargs, message):
+    obs, arms = observed_for()
+    kwargs = {"family": "binary", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        pt.from_arrays(arms=arms, observed=obs, **kwargs)
+
+
+def test_from_arrays_requires_variant_major_observed():
+    obs, arms = observed_for()
+    shuffled = obs.isel(visitor=[4, 0, 1, 2, 3, 5, 6, 7, 8, 9])
+    with pytest.raises(ValueError, match=r"variant-major.*row 1 is served 'control' after 'A'"):
+        pt.from_arrays("binary", arms, observed=shuffled, conversion=np.ones((10, 2, 3)))
+    with pytest.raises(ValueError, match=r"not arm names: \['B'\]"):
+        pt.from_arrays("binary", arms[:2], observed=obs, conversion=np.ones((10, 2, 2)))
+
+
+# --------------------------------------------------------------------------- ArviZ-style
+
+
+def inference_group(n=10, chains=2, draws=6):
+    rng = np.random.default_rng(3)
+    p = rng.uniform(size=(chains, draws, 3, n))  # ArviZ: sample dims first, any event order
+    return xr.Dataset(
+        {"p_convert": (("chain", "draw", "treatment", "obs"), p)},
+        coords={"treatment": ["control", "A", "B"], "chain": [0, 1], "draw": np.arange(draws)},
+    )
+
+
+def test_from_inference_data_transposes_lazily_to_visitor_major():
+    group = inference_group()
+    obs, _ = observed_for()
+    result = pt.from_inference_data(
+        group,
+        "binary",
+        observed=obs,
+        variables={"conversion": "p_convert"},
+        visitor_dim="obs",
+        arm_dim="treatment",
+    )
+    conversion = result.dataset["conversion"]
+    assert conversion.dims == ("visitor", "chain", "draw", "arm")
+    assert result.variants == ("control", "A", "B")
+    assert result.n_samples == 12
+    expected = np.transpose(group["p_convert"].values, (3, 0, 1, 2)).astype(np.float32)
+    np.testing.assert_array_equal(conversion.values, expected)
+
+
+def test_from_inference_data_accepts_datatree_and_dask_group():
+    group = inference_group().chunk({"draw": 2, "obs": 5})
+    tree = xr.DataTree.from_dict({"posterior": group})
+    result = pt.from_inference_data(
+        tree,
+        "binary",
+        variables={"conversion": "p_convert"},
+        visitor_dim="obs",
+        arm_dim="treatment",
+    )
+    data = result.dataset["conversion"].data
+    assert isinstance(data, da.Array)
+    assert data.chunks[1:] == ((2,), (6,), (3,))  # chain, draw and arm whole
+
+
+def test_from_inference_data_errors():
+    group = inference_group()
+    with pytest.raises(ValueError, match="no variable 'conversion'"):
+        pt.from_inference_data(group, "binary", visitor_dim="obs", arm_dim="treatment")
+    with pytest.raises(ValueError, match=r"lacks \['visitor'\]"):
+        pt.from_inference_data(
+            group, "binary", variables={"conversion": "p_convert"}, arm_dim="treatment"
+        )
+    with pytest.raises(ValueError, match="do not match"):
+        pt.from_inference_data(
+            group,
+            "binary",
+            arms=["control", "B", "A"],
+            variables={"conversion": "p_convert"},
+            visitor_dim="obs",
+            arm_dim="treatment",
+        )
+    with pytest.raises(TypeError, match="posterior"):
+        pt.from_inference_data(object(), "binary")
