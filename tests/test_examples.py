@@ -41,26 +41,29 @@ def test_example_rejects_bad_arguments():
         pt.example_posterior(10, 2, arms=["control"])
 
 
-def test_demo_prints_a_split_per_segment(capsys):
-    assert main(["demo", "--visitors", "3000", "--draws", "40", "--chunk", "1000"]) == 0
+def test_demo_runs_the_whole_journey(capsys, tmp_path):
+    store = tmp_path / "demo.zarr"
+    args = ["demo", "--visitors", "1500", "--draws", "40", "--store", str(store)]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "3 lazy dask chunks" in out
-    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("0 ", "5 "))]
-    assert len(rows) == 2
-    for row in rows:  # the last three fields are the weights of control, A and B
-        weights = [float(w) for w in row[-3:]]
+    for step in ("1. experiment", "2. hurdle BCF fitted", "3. saved atomically", "4. policy tree"):
+        assert step in out
+    assert isinstance(pt.open_posterior(store), pt.HurdleBCFResult)  # --store keeps it
+    table = out.split("5. next round's traffic split")[1].splitlines()[3:]
+    rows = [line.split() for line in table if line.strip()]
+    assert rows
+    for row in rows:  # ... control A B, then the true best arm
+        weights = [float(w) for w in row[-4:-1]]
         assert abs(sum(weights) - 1.0) < 2e-3
         assert min(weights) >= 0.02 / 3 - 1e-3
+        assert row[-1] in ("control", "A", "B")
 
 
-def test_demo_runs_as_a_command():
+def test_demo_is_the_installed_command():
     completed = subprocess.run(
-        [sys.executable, "-m", "pytyche.cli", "demo", "--visitors", "2000", "--draws", "20"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-m", "pytyche.cli", "--help"], capture_output=True, text=True, check=True
     )
-    assert "next round's traffic split per segment" in completed.stdout
+    assert "demo" in completed.stdout
 
 
 def test_example_age_has_missing_values():

@@ -462,7 +462,7 @@ def from_inference_data(
 ) -> _BCFResult:
     """Build a typed posterior from an ArviZ-style ``posterior`` group with (chain, draw) dims.
 
-    ArviZ stores each variable as (chain, draw, *event dims); pytyche wants visitor-major
+    ArviZ stores each variable as (chain, draw, event dims...); pytyche wants visitor-major
     (visitor, chain, draw, arm). The variables are transposed and rechunked once, lazily, so
     that chunks split ``visitor`` only (about 128 MB each, with ``chunks="auto"``). Both
     ``chain`` and ``draw`` are kept: every (chain, draw) pair casts one vote.
