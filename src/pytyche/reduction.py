@@ -1,9 +1,10 @@
 """The xarray layer of the visitor → segment reduction: lazy on dask, threaded on numpy.
 
-Both paths call :func:`pytyche._kernels.segment_sums_block` once per visitor block of the
-visitor-major metric. On dask the per-block float64 partial sums are tree-reduced, so memory
-stays bounded by a few chunks whatever the posterior's size; on numpy the visitors are split
-between threads that each stream through their share in bounded blocks.
+On dask, :func:`pytyche._kernels.segment_sums_block` runs once per visitor chunk of the
+visitor-major metric and the (segment, ...) float64 partial sums are tree-reduced, so memory
+stays bounded by a few chunks whatever the posterior's size. On numpy, atoms are found once
+for all visitors, threads each stream through their share of visitors in bounded blocks into
+per-atom accumulators, and atoms are added into segments once at the end.
 """
 
 from __future__ import annotations
