@@ -2,21 +2,33 @@
 
 The objective is the posterior expected metric of the policy "serve each leaf its best arm".
 It is linear in the posterior, so it only needs the posterior-mean metric of every visitor and
-arm, Γ̄[visitor, arm] (one streaming pass over the posterior): a leaf's value is the largest,
-over arms, of the sum of Γ̄ over its members. The search works on the contrasts
-``Γ̄[:, k] - Γ̄[:, control]`` (so that control is exactly 0 and wins ties, as in the
-allocation) binned by covariate, and never reads the posterior again. Leaf summaries are a
-second pass, through :func:`pytyche.analysis.segment_summary`.
+arm, Γ̄[visitor, arm]: a leaf's value is the largest, over arms, of the sum of Γ̄ over its
+members. ``fit_policy_tree`` makes two passes over the posterior (two dask computes on a
+dask-backed one):
 
-Search (see ``docs/segments.md``):
+1. Γ̄ and the covariates. Γ̄ reduces each visitor over its draws, not visitors into segments,
+   so it has its own per-visitor kernel (``_tree_kernels.posterior_mean_block``) rather than
+   the allocation's segment reduction.
+2. The leaf summaries, through :func:`pytyche.analysis.segment_summary` (the allocation's
+   reduction).
 
-- depth 1 and 2 are exhaustive over the candidate splits, like the ``policytree`` R package,
-  but on histograms: one pass over the visitors builds, for every pair of covariates, the
-  contrast sums per pair of bins; every depth-2 tree is then scored with cumulative sums;
+Between the two, the search works in memory on the contrasts ``Γ̄[:, k] - Γ̄[:, control]``
+(so that control is exactly 0 and wins ties, as in the allocation) and the binned covariates.
+
+Search (see ``docs/segments.md``): every covariate is binned into at most
+``MAX_THRESHOLDS + 1`` value bins (numeric: quantile thresholds; text with more than
+``MAX_EXACT_LEVELS`` levels: levels ordered by best-arm gain, then cut like a number), and
+
+- depth 1 and 2 are exhaustive over those candidate splits, like the ``policytree`` R
+  package, but on histograms: one pass over the visitors builds, for every pair of distinct
+  covariates, the contrast sums per pair of bins; every depth-2 tree is then scored with
+  cumulative sums;
 - depth >= 3 is exhaustive when the estimated work fits ``EXACT_WORK_BUDGET``, else each node
   takes the root split of the best depth-2 tree below it (a look-ahead of depth 2) and the
   last two levels are exhaustive.
-"""
+
+"Exhaustive" is over trees whose sibling leaves serve different arms (the issue's merge
+rule). Without missing values that loses nothing; with them it can (see the docs)."""
 
 from __future__ import annotations
 
@@ -45,15 +57,18 @@ from .summary import segment_summary
 __all__ = ["PolicyTreeResult", "fit_policy_tree"]
 
 MAX_DEPTH = 6
-# Candidate thresholds of a numeric covariate: every distinct value when there are at most
-# this many + 1, else this many quantiles.
+# Candidate thresholds of a numeric covariate (and of a many-level categorical's level ranks):
+# every distinct value but the largest when there are at most this many, else this many
+# quantiles. Every covariate therefore has at most this many + 1 value bins.
 MAX_THRESHOLDS = 64
 # Categorical covariates with at most this many levels get the exact best two-way partition
-# (2 ** (levels - 1) - 1 candidates); more levels are ordered by their best-arm gain.
+# (2 ** (levels - 1) - 1 candidates); more levels are ordered once, on all visitors, by their
+# best-arm gain, and the covariate is then cut like a number at quantiles of that order.
 MAX_EXACT_LEVELS = 12
 # Depth >= 3 is searched exhaustively only when the estimated number of elementary
-# operations (histogram adds plus scored split pairs) is below this: measured at 0.3-1.7e8
-# operations per second on this project's machines, so at most a few seconds.
+# operations (histogram adds plus scored split pairs, `_work`) is below this: exhaustive
+# depth-3 searches ran at 1.3-2.0e8 estimated operations per second on this project's 2-core
+# machine (2 continuous covariates, 500-20,000 visitors), so about 1.5-2.5 s at the budget.
 EXACT_WORK_BUDGET = 3e8
 # Cost of one split, relative to the summed absolute contrasts: breaks rounding-level ties
 # in favour of the simpler tree (rounding is ~1e-16 × that sum per add).
@@ -77,7 +92,11 @@ FORMAT_VERSION = 1
 
 @dataclasses.dataclass(eq=False)
 class _Feature:
-    """A covariate binned for the search: codes 0..n_bins-1 for values, n_bins for missing."""
+    """A covariate binned for the search: codes 0..n_bins-1 for values, n_bins for missing.
+
+    Every covariate has at most ``MAX_THRESHOLDS + 1`` value bins, so that the pair
+    histograms of the depth-2 search stay small whatever the number of distinct values.
+    """
 
     name: str
     kind: str  # "numeric" or "categorical"
@@ -85,13 +104,12 @@ class _Feature:
     n_bins: int
     thresholds: np.ndarray | None = None  # numeric: value bin b holds thresholds[b-1] < x <= ..
     levels: tuple = ()  # categorical: Python literals, sorted
+    level_bins: np.ndarray | None = None  # categorical: the value bin of each level
     is_bool: bool = False
-    subsets: np.ndarray | None = None  # exact partitions: (split, level) 0/1, float64
-
-    @property
-    def ordered(self) -> bool:
-        """Too many levels for the exact partition: levels are ordered per node instead."""
-        return self.kind == "categorical" and self.n_bins > MAX_EXACT_LEVELS
+    # Few-level categorical: every two-way partition, (split, bin) 0/1 float64. None: the
+    # splits are the prefixes of the bins (numeric, or a many-level categorical whose levels
+    # are binned in best-arm-gain order).
+    subsets: np.ndarray | None = None
 
     @property
     def n_splits(self) -> int:
@@ -99,20 +117,35 @@ class _Feature:
             return self.subsets.shape[0]
         return max(self.n_bins - 1, 0)
 
+    def left_masks(self) -> np.ndarray:
+        """float64 (split, value bin): 1 where the split sends the bin left."""
+        if self.subsets is not None:
+            return self.subsets
+        return np.tri(self.n_splits, self.n_bins, dtype=np.float64)
 
-def _numeric_feature(name: str, values: np.ndarray) -> _Feature:
-    present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.size, bool)
-    ordered = np.sort(values[present])
-    if ordered.size:
-        distinct = ordered[np.append(True, ordered[1:] != ordered[:-1])]
-    else:
-        distinct = ordered
+
+def _cut_points(ordered: np.ndarray) -> np.ndarray:
+    """Candidate thresholds ``t`` (splits ``x <= t``) of sorted, non-missing values.
+
+    Every distinct value but the largest when there are at most ``MAX_THRESHOLDS`` of them,
+    else the distinct values among the ``MAX_THRESHOLDS`` quantiles
+    ``ordered[(i * n) // (MAX_THRESHOLDS + 1)]``, i = 1..MAX_THRESHOLDS, below the largest.
+    """
+    if ordered.size == 0:
+        return ordered
+    distinct = ordered[np.append(True, ordered[1:] != ordered[:-1])]
     # Splitting at the largest value sends everyone left.
     candidates = distinct[:-1]
     if candidates.size > MAX_THRESHOLDS:
         positions = (np.arange(1, MAX_THRESHOLDS + 1) * ordered.size) // (MAX_THRESHOLDS + 1)
         candidates = np.unique(ordered[positions])
         candidates = candidates[candidates < distinct[-1]]
+    return candidates
+
+
+def _numeric_feature(name: str, values: np.ndarray) -> _Feature:
+    present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.size, bool)
+    candidates = _cut_points(np.sort(values[present]))
     if candidates.dtype.kind == "f":  # infinite thresholds cannot be rule literals
         candidates = candidates[np.isfinite(candidates)]
     n_bins = candidates.size + 1
@@ -121,27 +154,44 @@ def _numeric_feature(name: str, values: np.ndarray) -> _Feature:
     return _Feature(name, "numeric", codes, n_bins, thresholds=candidates)
 
 
-def _categorical_feature(name: str, values: np.ndarray) -> _Feature:
+def _categorical_feature(name: str, values: np.ndarray, contrasts: np.ndarray) -> _Feature:
     # A hash-based factorisation: sorting a million Python strings would take seconds.
     # Missing values (None, NaN, pd.NA) get -1.
-    codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=True)
+    level_codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=True)
     levels = tuple(_python_literal(v) for v in np.asarray(uniques))
-    n_bins = len(levels)
-    codes = codes.astype(np.int32)
-    codes[codes < 0] = n_bins
+    n_levels = len(levels)
+    present = level_codes >= 0
     subsets = None
-    if 2 <= n_bins <= MAX_EXACT_LEVELS:
-        # Every two-way partition once: the last level always goes right.
-        patterns = np.arange(1, 2 ** (n_bins - 1))
-        subsets = ((patterns[:, None] >> np.arange(n_bins)) & 1).astype(np.float64)
-    elif n_bins < 2:
-        subsets = np.zeros((0, n_bins))
+    if n_levels <= MAX_EXACT_LEVELS:
+        # One bin per level; every two-way partition once: the last level always goes right.
+        level_bins = np.arange(n_levels)
+        patterns = np.arange(1, 2 ** (n_levels - 1)) if n_levels >= 2 else np.arange(0)
+        subsets = ((patterns[:, None] >> np.arange(n_levels)) & 1).astype(np.float64)
+    else:
+        # Many levels: order them once, on all visitors, by best arm and its mean gain; the
+        # covariate is then ordinal (a level's rank in that order) and is cut like a number,
+        # at most MAX_THRESHOLDS cuts, so each bin is a run of consecutive levels.
+        sums = np.stack(
+            [
+                np.bincount(level_codes[present], weights=column, minlength=n_levels)
+                for column in (*contrasts[present].T, np.ones(int(present.sum())))
+            ],
+            axis=-1,
+        )
+        rank = np.empty(n_levels, dtype=np.int64)
+        rank[_level_order(sums, contrasts.shape[1])] = np.arange(n_levels)
+        cuts = _cut_points(np.sort(rank[level_codes[present]]))
+        level_bins = np.searchsorted(cuts, rank, side="left")
+    n_bins = int(level_bins.max()) + 1 if n_levels else 0
+    codes = np.full(values.size, n_bins, dtype=np.int32)
+    codes[present] = level_bins[level_codes[present]]
     return _Feature(
         name,
         "categorical",
         codes,
         n_bins,
         levels=levels,
+        level_bins=level_bins,
         is_bool=values.dtype.kind == "b",
         subsets=subsets,
     )
@@ -180,6 +230,11 @@ def _select_features(observed: xr.Dataset, features) -> tuple[list[str], bool]:
     if isinstance(features, str):
         features = [features]
     names = [str(name) for name in features]
+    if not names:
+        raise ValueError(
+            f"features is empty (got {features!r}): name at least one covariate, or pass None "
+            "for every covariate"
+        )
     candidates = [n for n in available if n not in NOT_COVARIATES]
     for name in names:
         if name in NOT_COVARIATES:
@@ -216,8 +271,13 @@ def _column_kind(values: np.ndarray) -> str | None:
     return None
 
 
-def _bin_features(columns: Mapping[str, np.ndarray], skip_unusable: bool = False):
-    """Bin each covariate; an unusable object column raises, or is skipped by default."""
+def _bin_features(
+    columns: Mapping[str, np.ndarray], contrasts: np.ndarray, skip_unusable: bool = False
+) -> list[_Feature]:
+    """Bin each covariate; an unusable object column raises, or is skipped by default.
+
+    ``contrasts`` (visitor, treatment) orders the levels of a many-level categorical.
+    """
     features = []
     for name, values in columns.items():
         values = np.asarray(values)
@@ -238,7 +298,7 @@ def _bin_features(columns: Mapping[str, np.ndarray], skip_unusable: bool = False
                 values = numbers_
             features.append(_numeric_feature(name, values))
         else:
-            features.append(_categorical_feature(name, values))
+            features.append(_categorical_feature(name, values, contrasts))
     return features
 
 
@@ -298,51 +358,41 @@ def _leaf(total: np.ndarray, n_contrasts: int) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(best, 0.0), arm
 
 
-def _level_order(value_hist: np.ndarray, n_contrasts: int) -> np.ndarray:
+def _level_order(level_sums: np.ndarray, n_contrasts: int) -> np.ndarray:
     """Order the levels of a many-level categorical by best arm, then by that arm's gain.
 
-    ``value_hist`` is (..., level, column); returns (..., level) positions. With two arms this
-    is the order of the mean contrast, for which the best prefix split is the optimal
-    partition.
+    ``level_sums`` is (level, column): contrast sums, then the count. Levels whose best arm
+    is control come first, then those of the first treatment, and so on; within an arm, by
+    increasing mean gain (ties keep the sorted level order). With two arms this is the order
+    of the mean contrast, for which the best prefix split is the optimal two-way partition
+    (when the leaf-size constraint does not bind).
+    Returns the levels' positions in that order.
     """
-    counts = value_hist[..., -1]
-    safe = np.where(counts > 0, counts, 1.0)
-    means = value_hist[..., :n_contrasts] / safe[..., None]
+    counts = level_sums[:, -1]
+    means = level_sums[:, :n_contrasts] / np.where(counts > 0, counts, 1.0)[:, None]
     gain = means.max(axis=-1)
     arm = np.where(gain > 0, means.argmax(axis=-1) + 1, 0)
-    by_gain = np.argsort(gain, axis=-1, kind="stable")
-    by_arm = np.argsort(np.take_along_axis(arm, by_gain, axis=-1), axis=-1, kind="stable")
-    return np.take_along_axis(by_gain, by_arm, axis=-1)
+    return np.lexsort((gain, arm))
 
 
-def _split_sums(feature: _Feature, values: np.ndarray, order: np.ndarray | None = None):
+def _split_sums(feature: _Feature, values: np.ndarray):
     """Left and right sums of every candidate split of `feature`.
 
     ``values`` is (..., value bin, column) — missing values excluded; returns two
-    (..., split, column) arrays. Numeric splits are prefixes of the bins (``x <= t``); a
-    many-level categorical's splits are prefixes of ``order``; a few-level categorical's are
-    the exact two-way partitions.
+    (..., split, column) arrays. Numeric and many-level categorical splits are prefixes of
+    the bins; a few-level categorical's are the exact two-way partitions.
     """
     if feature.subsets is not None:
         return feature.subsets @ values, (1.0 - feature.subsets) @ values
-    if order is not None:
-        values = np.take_along_axis(values, order[..., None], axis=-2)
     # Left from the front, right from the back: both are exact sums, neither a difference.
     left = np.cumsum(values, axis=-2)[..., :-1, :]
     right = np.cumsum(values[..., ::-1, :], axis=-2)[..., ::-1, :][..., 1:, :]
     return left, right
 
 
-def _left_bins(feature: _Feature, split: int, order: np.ndarray | None) -> np.ndarray:
+def _left_bins(feature: _Feature, split: int) -> np.ndarray:
     """Boolean (value bin,) mask of the bins a split sends left."""
-    if feature.subsets is not None:
-        return feature.subsets[split].astype(bool)
-    mask = np.zeros(feature.n_bins, dtype=bool)
-    if order is None:
-        mask[: split + 1] = True
-    else:
-        mask[order[: split + 1]] = True
-    return mask
+    return feature.left_masks()[split].astype(bool)
 
 
 def _best_splits(
@@ -350,9 +400,10 @@ def _best_splits(
 ):
     """Best depth-1 split on `feature` of each node of a batch.
 
-    ``hists`` is (node, bin incl. missing, column). A split is feasible when both children
-    hold at least ``min_size`` visitors and their best arms differ (sibling leaves with the
-    same best arm are one leaf). Returns the best value (-inf if none) and split per node.
+    ``hists`` is (node, value bin [+ missing], column); a missing-value row is ignored. A split
+    is feasible when both children hold at least ``min_size`` visitors and their best arms
+    differ (sibling leaves with the same best arm are one leaf). Returns the best value (-inf
+    if none) and split per node.
     """
     n_nodes = hists.shape[0]
     best_value = np.full(n_nodes, -np.inf)
@@ -362,9 +413,7 @@ def _best_splits(
         return best_value, best_split
     step = max(1, CHUNK_ELEMENTS // (n_splits * hists.shape[-1]))
     for lo in range(0, n_nodes, step):
-        values = hists[lo : lo + step, : feature.n_bins]
-        order = _level_order(values, n_contrasts) if feature.ordered else None
-        left, right = _split_sums(feature, values, order)
+        left, right = _split_sums(feature, hists[lo : lo + step, : feature.n_bins])
         left_value, left_arm = _leaf(left, n_contrasts)
         right_value, right_arm = _leaf(right, n_contrasts)
         feasible = (
@@ -375,6 +424,18 @@ def _best_splits(
         best_value[lo : lo + step] = np.take_along_axis(value, split[:, None], axis=-1)[:, 0]
         best_split[lo : lo + step] = split
     return best_value, best_split
+
+
+def _own_children(feature: _Feature, hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Histograms of `feature` in the two children of each of its own splits.
+
+    ``hist`` is (value bin + missing, column) of a node; returns two (split, value bin,
+    column) arrays (the missing visitors are in neither child). A covariate against itself
+    needs no pair histogram: each child keeps the bins its side takes.
+    """
+    masks = feature.left_masks()[:, :, None]
+    values = hist[None, : feature.n_bins]
+    return masks * values, (1.0 - masks) * values
 
 
 # --------------------------------------------------------------------------- the search
@@ -438,16 +499,18 @@ class _Search:
     # -- histograms -----------------------------------------------------------------------
 
     def _node_histograms(self, index: np.ndarray, pairs: bool):
+        """Per covariate, the (bin + missing, column) sums of a node's visitors; with
+        ``pairs``, per pair of distinct covariates f < g, the (bin f, bin g, column) sums."""
         features = self.features
-        jobs: list[tuple[int, int]] = [(f, f) for f in range(len(features))]
+        jobs: list[tuple[int, ...]] = [(f,) for f in range(len(features))]
         if pairs:
             jobs += list(itertools.combinations(range(len(features)), 2))
 
         def run(job):
-            f, g = job
-            a, b = features[f], features[g]
-            if f == g:
+            a = features[job[0]]
+            if len(job) == 1:
                 return histogram(a.codes, a.n_bins + 1, index, self.values)
+            b = features[job[1]]
             return pair_histogram(a.codes, a.n_bins + 1, b.codes, b.n_bins + 1, index, self.values)
 
         threads = min(_available_cores(), len(jobs))
@@ -460,15 +523,10 @@ class _Search:
         joint = dict(zip(jobs[len(features) :], results[len(features) :], strict=True))
         return hists, joint
 
-    def _joint(self, hists, joint, f: int, g: int) -> np.ndarray:
-        if f == g:  # a covariate against itself: only the diagonal is filled
-            size = self.features[f].n_bins + 1
-            out = np.zeros((size, size, hists[f].shape[-1]))
-            out[np.arange(size), np.arange(size)] = hists[f]
-            return out
-        if f < g:
-            return joint[(f, g)]
-        return joint[(g, f)].transpose(1, 0, 2)
+    @staticmethod
+    def _joint(joint, f: int, g: int) -> np.ndarray:
+        """(bin f + missing, bin g + missing, column) sums of two distinct covariates."""
+        return joint[(f, g)] if f < g else joint[(g, f)].transpose(1, 0, 2)
 
     def _leaf_of(self, index: np.ndarray, hists=None) -> tuple[np.ndarray, float, int]:
         total = hists[0].sum(axis=0) if hists else self.values[index].sum(axis=0)
@@ -486,15 +544,11 @@ class _Search:
                 feature, hists[f][None], self.min_size, self.n_contrasts, self.cost
             )
             if value[0] > plan.split_value:
-                order = self._order(feature, hists[f])
                 plan.split_value = float(value[0])
                 plan.feature = f
-                plan.left_bins = _left_bins(feature, int(split[0]), order)
+                plan.left_bins = _left_bins(feature, int(split[0]))
                 plan.children = (None, None)
         return plan
-
-    def _order(self, feature: _Feature, hist: np.ndarray) -> np.ndarray | None:
-        return _level_order(hist[: feature.n_bins], self.n_contrasts) if feature.ordered else None
 
     def depth2(self, index: np.ndarray) -> _Plan:
         """The best tree of depth <= 2 below a node, scored from pairwise histograms."""
@@ -505,8 +559,7 @@ class _Search:
         for f, feature in enumerate(features):
             if feature.n_splits == 0:
                 continue
-            order_f = self._order(feature, hists[f])
-            left_total, right_total = _split_sums(feature, hists[f][: feature.n_bins], order_f)
+            left_total, right_total = _split_sums(feature, hists[f][: feature.n_bins])
             feasible = np.flatnonzero((left_total[:, -1] >= m) & (right_total[:, -1] >= m))
             if feasible.size == 0:
                 continue
@@ -519,11 +572,16 @@ class _Search:
             for g, other in enumerate(features):
                 if other.n_splits == 0:
                     continue
-                pair = self._joint(hists, joint, f, g)[: feature.n_bins]
-                flat = pair.reshape(feature.n_bins, -1)
-                sides = _split_sums(feature, flat, order_f)
-                for side, sums in enumerate(sides):
-                    child_hists = sums[feasible].reshape(feasible.size, other.n_bins + 1, -1)
+                if g == f:
+                    sides = [side[feasible] for side in _own_children(feature, hists[f])]
+                else:
+                    # (bin f, bin g + missing, column), split along f's bins.
+                    flat = self._joint(joint, f, g)[: feature.n_bins].reshape(feature.n_bins, -1)
+                    sides = [
+                        side[feasible].reshape(feasible.size, other.n_bins + 1, -1)
+                        for side in _split_sums(feature, flat)
+                    ]
+                for side, child_hists in enumerate(sides):
                     value, split = _best_splits(other, child_hists, m, k, self.cost)
                     better = value > child_value[side]
                     child_value[side, better] = value[better]
@@ -546,29 +604,21 @@ class _Search:
             value = np.take_along_axis(cases, shape[None], axis=0)[0]
             best = int(value.argmax())
             if value[best] > plan.split_value:
-                s = int(feasible[best])
                 plan.split_value = float(value[best])
                 plan.feature = f
-                plan.left_bins = _left_bins(feature, s, order_f)
+                plan.left_bins = _left_bins(feature, int(feasible[best]))
                 grown = ((False, False), (False, True), (True, False), (True, True))[shape[best]]
-                children = []
-                for side, split_child in enumerate(grown):
-                    if not split_child:
-                        children.append(None)
-                        continue
-                    g = int(child_feature[side, best])
-                    other = self.features[g]
-                    sums = _split_sums(
-                        feature,
-                        self._joint(hists, joint, f, g)[: feature.n_bins].reshape(
-                            feature.n_bins, -1
+                plan.children = tuple(
+                    (
+                        int(child_feature[side, best]),
+                        _left_bins(
+                            features[child_feature[side, best]], int(child_split[side, best])
                         ),
-                        order_f,
                     )
-                    child_hist = sums[side][s].reshape(other.n_bins + 1, -1)
-                    order_g = self._order(other, child_hist)
-                    children.append((g, _left_bins(other, int(child_split[side, best]), order_g)))
-                plan.children = tuple(children)
+                    if split_child
+                    else None
+                    for side, split_child in enumerate(grown)
+                )
         return plan
 
     # -- depth >= 3 -----------------------------------------------------------------------
@@ -586,13 +636,12 @@ class _Search:
         _, leaf_value, leaf_arm = self._leaf_of(index, hists)
         plan = _Plan(leaf_value, leaf_arm)
         for f, feature in enumerate(self.features):
-            order = self._order(feature, hists[f])
-            left_total, right_total = _split_sums(feature, hists[f][: feature.n_bins], order)
+            left_total, right_total = _split_sums(feature, hists[f][: feature.n_bins])
             codes = feature.codes[index]
             for s in range(feature.n_splits):
                 if left_total[s, -1] < self.min_size or right_total[s, -1] < self.min_size:
                     continue
-                left_bins = _left_bins(feature, s, order)
+                left_bins = _left_bins(feature, s)
                 goes_left = np.append(left_bins, False)[codes]
                 missing = codes == feature.n_bins
                 children = [
@@ -681,7 +730,9 @@ def _combine(children: list[_Plan], cost: float) -> tuple[float, tuple[bool, boo
 def _merge_same_arm_leaves(node: _Node, n_contrasts: int) -> None:
     """Merge sibling leaves that serve the same arm into their parent, bottom-up.
 
-    The search never chooses such a pair; this keeps the guarantee whatever the rounding.
+    The search never chooses such a pair on the histogram sums it scores; a grown node's
+    total is summed again, in another order, and a near-tie between arms could flip by
+    rounding. This keeps the guarantee whatever the rounding (tested on hand-built trees).
     """
     if node.is_leaf:
         return
@@ -997,7 +1048,7 @@ class PolicyTreeResult:
             for side, last in (("left", False), ("right", True)):
                 child = self._nodes[node[side]]
                 branch = "└── " if last else "├── "
-                text = _split_clause_text(split, side)
+                text = str(_split_clauses(split, side))
                 if child["split"] is None:
                     text += "  →  " + self._leaf_text(self.segments[child["segment"]])
                 lines.append(prefix + branch + text)
@@ -1088,7 +1139,7 @@ class PolicyTreeResult:
                     ax.text(
                         (x + cx) / 2,
                         (y + cy) / 2,
-                        _split_clause_text(node["split"], side),
+                        str(_split_clauses(node["split"], side)),
                         ha="center",
                         va="center",
                         fontsize=8,
@@ -1131,10 +1182,6 @@ def _isin(values: np.ndarray, levels: Sequence) -> np.ndarray:
     for level in levels:
         out[present] |= np.asarray(kept == level, dtype=bool)
     return out
-
-
-def _split_clause_text(split: Mapping[str, Any], side: str) -> str:
-    return str(_split_clauses(split, side))
 
 
 def _split_clauses(split: Mapping[str, Any], side: str) -> Clause:
@@ -1196,22 +1243,29 @@ def fit_policy_tree(
     The objective of a tree is the posterior expected metric of the policy "serve each leaf
     the arm with the highest posterior expected segment-mean metric". It is linear in the
     posterior, so it is the sum over leaves of the largest, over arms, of the summed
-    per-visitor posterior-mean metric Γ̄[visitor, arm]: one streaming pass over the posterior
-    computes Γ̄, and the search runs in memory on Γ̄ and the covariates. A second pass
-    summarises the leaves (:func:`pytyche.analysis.segment_summary`).
+    per-visitor posterior-mean metric Γ̄[visitor, arm]. The fit makes two passes over the
+    posterior — two computes on a dask-backed one: the first computes Γ̄ (a per-visitor mean
+    over draws) and loads the covariates; the search then runs in memory on Γ̄ and the
+    covariates (bootstrap refits included); the second pass summarises the leaves with
+    :func:`pytyche.analysis.segment_summary`, the allocation's reduction.
 
-    Splits are ``x <= t`` / ``x > t`` on a numeric covariate (thresholds: every distinct
-    value, or 64 quantiles when there are more) and a two-way partition of the levels of a
-    text or boolean covariate (all partitions up to 12 levels; beyond, prefixes of the levels
-    ordered by best arm and gain). Depth 1 and 2 are searched exhaustively; depth 3 and more
-    exhaustively when the work fits a budget, else with a look-ahead of depth 2 at each node.
-    Every leaf holds at least `min_segment_share` of the visitors; sibling leaves never serve
-    the same arm (such a pair is one leaf); a tree with no useful split is the root alone,
-    one segment with the ``everyone`` rule.
+    Splits are ``x <= t`` / ``x > t`` on a numeric covariate (candidate thresholds: every
+    distinct value, or 64 quantiles when there are more) and a two-way partition of the
+    levels of a text or boolean covariate, written as set membership (every partition up to
+    12 levels; with more, the levels are ordered once, over all visitors, by best arm and
+    gain, and cut at up to 64 quantiles of that order, like a number). Depth 1 and 2 are
+    exact: the best tree over those candidate splits. Depth 3 and more are exact when the
+    work fits a budget, else searched with a look-ahead of depth 2 at each node. Every leaf
+    holds at least `min_segment_share` of the visitors; sibling leaves never serve the same
+    arm (such a pair is one leaf), and "exact" means best among the trees that respect this;
+    a tree with no useful split is the root alone, one segment with the ``everyone`` rule.
 
     A visitor with a missing value of a covariate its path splits on goes down neither
     branch: it is in no leaf, ``assign`` reports -1, and no rule matches it (rules never
-    match missing values). The objective counts such visitors as served control.
+    match missing values). The objective counts such visitors as served control. A split
+    can therefore pay just by shedding such visitors to control while both sides keep one
+    arm; the sibling rule forbids that tree, so with missing values the result can be worse
+    than the best tree without the rule.
 
     Parameters
     ----------
@@ -1220,7 +1274,8 @@ def fit_policy_tree(
     max_depth : int, default 3
         Largest depth of the tree, 0 to 6.
     min_segment_share : float or int, default 0.1
-        Smallest leaf: a share of the visitors in (0, 0.5], or an int number of visitors.
+        Smallest leaf: a share of the visitors in (0, 0.5], or an int number of visitors
+        between 1 and half of the visitors.
     features : sequence of str, optional
         Covariates to split on; default every covariate along ``visitor`` holding numbers,
         text or booleans (an object column qualifies when all its non-missing values are of
@@ -1249,8 +1304,9 @@ def fit_policy_tree(
     ------
     ValueError
         When `max_depth` is outside 0..6, `min_segment_share` is outside (0, 0.5] (or an int
-        below 1), a feature is unknown or not a covariate, `search` or `n_bootstrap` is
-        invalid, ``posterior.observed`` is None, or the posterior-mean metric is not finite.
+        below 1 or above half of the visitors), `features` is empty or names an unknown
+        covariate or not a covariate, `search` or `n_bootstrap` is invalid,
+        ``posterior.observed`` is None, or the posterior-mean metric is not finite.
     TypeError
         When `posterior` is not an accepted result type, or an argument has the wrong type.
 
@@ -1381,8 +1437,8 @@ def _search_tree(
         stability score and whether depth >= 3 was searched exhaustively.
     """
     n_visitors = mean_metric.shape[0]
-    bins = _bin_features(columns, skip_unusable)
     contrasts = np.ascontiguousarray(mean_metric[:, 1:] - mean_metric[:, :1])
+    bins = _bin_features(columns, contrasts, skip_unusable)
     if search == "auto":
         work = _work(bins, n_visitors, contrasts.shape[1] + 1, max_depth)
         exact = work <= EXACT_WORK_BUDGET
@@ -1480,10 +1536,11 @@ def _describe(root: _Node, bins: list[_Feature]):
 
 
 def _levels(feature: _Feature, side_bins: np.ndarray, allowed: Sequence) -> list:
+    """The levels, in sorted order, whose bin is on a side and that the path lets through."""
+    allowed = set(allowed)
+    on_side = side_bins[feature.level_bins]
     return [
-        level
-        for level, on_side in zip(feature.levels, side_bins, strict=True)
-        if on_side and level in allowed
+        level for level, on in zip(feature.levels, on_side, strict=True) if on and level in allowed
     ]
 
 
@@ -1522,6 +1579,12 @@ def _min_segment_size(share, n_visitors: int) -> float:
     if isinstance(share, numbers.Integral):
         if share < 1:
             raise ValueError(f"min_segment_share as a visitor count must be >= 1, got {share}")
+        if 2 * share > n_visitors:
+            raise ValueError(
+                f"min_segment_share={share} visitors is more than half of the {n_visitors} "
+                "visitors (as a share, above 0.5): at most n_visitors // 2 = "
+                f"{n_visitors // 2}"
+            )
         return float(share)
     if isinstance(share, numbers.Real):
         if not 0.0 < share <= 0.5:

@@ -731,10 +731,11 @@ def _visitor_coords(observed: xr.Dataset) -> dict[str, xr.Variable]:
 class DiscoveredSegment:
     """A segment: an integer id and the rule that defines it, with optional descriptions.
 
-    Only `id` and `rule` define the segment; :func:`pytyche.thompson_allocation` and every
-    other consumer of segments read nothing else. The descriptive fields are filled in by
-    :func:`pytyche.fit_policy_tree` for its leaves and are ``None`` ("not computed") on a
-    hand-written segment.
+    Only `id` and `rule` define the segment: :func:`pytyche.thompson_allocation` and every
+    other consumer of segments read nothing else, and equality and the hash compare only
+    them (a fitted leaf equals ``DiscoveredSegment(leaf.id, leaf.rule)``). The descriptive
+    fields are filled in by :func:`pytyche.fit_policy_tree` for its leaves and are ``None``
+    ("not computed") on a hand-written segment.
 
     Parameters
     ----------
@@ -749,16 +750,16 @@ class DiscoveredSegment:
     arm_best_probabilities : mapping of str to float, optional
         ``{arm: posterior probability that the arm is the segment's best}``, in variant order
         (the raw win frequencies, as :func:`pytyche.thompson_allocation` with
-        ``epsilon=0``).
+        ``epsilon=0``); each in [0, 1].
     gate_estimate : float, optional
         Posterior mean of the best arm's segment-mean contrast against control (0 when the
         best arm is control).
     gate_interval : tuple of (float, float), optional
         Central posterior interval (80% from :func:`pytyche.fit_policy_tree`) of that
-        contrast.
+        contrast, lower <= upper.
     stability_score : float, optional
         Fraction of bootstrap refits with a leaf whose members overlap this segment's with
-        Jaccard index >= 0.5; NaN when no bootstrap refits were run.
+        Jaccard index >= 0.5, in [0, 1]; NaN when no bootstrap refits were run.
 
     Raises
     ------
@@ -766,8 +767,9 @@ class DiscoveredSegment:
         If `id` is not an integer, `rule` is neither a rule nor text, or a descriptive field
         has the wrong type.
     ValueError
-        If rule text is malformed, `gate_interval` is not a pair, or `population_share` is
-        outside [0, 1].
+        If rule text is malformed, `gate_interval` is not a pair or its lower bound is above
+        its upper bound, or `population_share`, `stability_score` (NaN allowed) or an arm's
+        best probability is outside [0, 1].
 
     Examples
     --------
@@ -779,13 +781,13 @@ class DiscoveredSegment:
 
     id: int
     rule: SegmentRule | str
-    # Descriptive fields: excluded from the hash (a dict is unhashable), kept in equality.
-    population_share: float | None = dataclasses.field(default=None, hash=False)
-    best_arm: str | None = dataclasses.field(default=None, hash=False)
-    arm_best_probabilities: dict[str, float] | None = dataclasses.field(default=None, hash=False)
-    gate_estimate: float | None = dataclasses.field(default=None, hash=False)
-    gate_interval: tuple[float, float] | None = dataclasses.field(default=None, hash=False)
-    stability_score: float | None = dataclasses.field(default=None, hash=False)
+    # Descriptive fields: outside equality and the hash, which are the segment's (id, rule).
+    population_share: float | None = dataclasses.field(default=None, compare=False)
+    best_arm: str | None = dataclasses.field(default=None, compare=False)
+    arm_best_probabilities: dict[str, float] | None = dataclasses.field(default=None, compare=False)
+    gate_estimate: float | None = dataclasses.field(default=None, compare=False)
+    gate_interval: tuple[float, float] | None = dataclasses.field(default=None, compare=False)
+    stability_score: float | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.id, bool | np.bool_) or not isinstance(self.id, int | np.integer):
@@ -804,6 +806,9 @@ class DiscoveredSegment:
         share = self.population_share
         if share is not None and not 0.0 <= share <= 1.0:
             raise ValueError(f"population_share must be in [0, 1], got {share!r}")
+        stability = self.stability_score
+        if stability is not None and not (math.isnan(stability) or 0.0 <= stability <= 1.0):
+            raise ValueError(f"stability_score must be in [0, 1] or NaN, got {stability!r}")
         if self.best_arm is not None and not isinstance(self.best_arm, str):
             raise TypeError(f"best_arm must be an arm name (str), got {self.best_arm!r}")
         if self.arm_best_probabilities is not None:
@@ -816,14 +821,24 @@ class DiscoveredSegment:
                 str(arm): self._real(p, "arm_best_probabilities")
                 for arm, p in self.arm_best_probabilities.items()
             }
+            for arm, p in probabilities.items():
+                if not 0.0 <= p <= 1.0:
+                    raise ValueError(
+                        f"arm_best_probabilities[{arm!r}] must be a probability in [0, 1], "
+                        f"got {p!r}"
+                    )
             object.__setattr__(self, "arm_best_probabilities", probabilities)
         if self.gate_interval is not None:
             interval = tuple(self.gate_interval)
             if len(interval) != 2:
                 raise ValueError(f"gate_interval must be a (lower, upper) pair, got {interval!r}")
-            object.__setattr__(
-                self, "gate_interval", tuple(self._real(v, "gate_interval") for v in interval)
-            )
+            lower, upper = (self._real(v, "gate_interval") for v in interval)
+            if lower > upper:
+                raise ValueError(
+                    f"gate_interval must be (lower, upper) with lower <= upper, got "
+                    f"{(lower, upper)!r}"
+                )
+            object.__setattr__(self, "gate_interval", (lower, upper))
 
     def __repr__(self) -> str:
         parts = []
