@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import time
 
 import numpy as np
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--trees-tau", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=2, help="experiments per family (--compare)")
     args = parser.parse_args()
+    # The machine may be shared: the load before the run says how much.
+    print(f"load average before the run: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
     if args.compare:
         compare(
             args.visitors,

@@ -12,6 +12,7 @@ held in memory so that the figures time the I/O, not the synthetic generator.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--netcdf", action="store_true")
     args = parser.parse_args()
+    # The machine may be shared: the load before the run says how much.
+    print(f"load average before the run: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
 
     arms = ("control", "A", "B")
     per_visitor = 2 * args.draws * len(arms) * 4

@@ -284,3 +284,78 @@ def test_from_inference_data_errors():
         )
     with pytest.raises(TypeError, match="posterior"):
         pt.from_inference_data(object(), "binary")
+
+
+def test_categorical_with_number_categories_becomes_text():
+    tables = {
+        "control": pd.DataFrame({"plan": pd.Categorical([1, None, 2]), "y": [0.0, 1.0, 0.0]}),
+        "A": pd.DataFrame({"plan": pd.Categorical([2.5, 3.0]), "y": [1.0, 0.0]}),
+    }
+    plan = pt.observed_data(tables, outcome="y")["plan"].values
+    assert pd.isna(plan[1])
+    assert plan[[0, 2, 3, 4]].tolist() == ["1", "2", "2.5", "3.0"]
+    assert all(isinstance(v, str) for v in plan[[0, 2, 3, 4]])
+
+
+def test_non_string_column_names_are_used_as_text():
+    tables = {
+        "control": pd.DataFrame({0: [1.0, 2.0], "y": [0.0, 1.0]}),
+        "A": pd.DataFrame({0: [3.0, 4.0], "y": [1.0, 0.0]}),
+    }
+    obs = pt.observed_data(tables, outcome="y")
+    np.testing.assert_array_equal(obs["0"].values, [1.0, 2.0, 3.0, 4.0])
+    clash = {**tables, "A": pd.DataFrame({0: [3.0], "0": [1.0], "y": [1.0]})}
+    with pytest.raises(ValueError, match=r"arm 'A' has duplicate column names \['0'\]"):
+        pt.observed_data(clash, outcome="y")
+
+
+def test_duplicate_visitor_ids_within_one_arm():
+    f = frames()
+    f["control"]["visitor_id"] = ["c1", "c2", "c1"]
+    f["A"]["visitor_id"] = ["a1", "a2"]
+    with pytest.raises(ValueError, match="duplicate visitor id 'c1' in arm 'control'"):
+        pt.observed_data(f, "spend")
+
+
+@pytest.mark.parametrize(
+    ("arms", "message"),
+    [
+        ("control", "single string"),
+        (["control", 3], "arm names must be non-empty strings, got 3"),
+        (["control", ""], "non-empty strings"),
+        (["control"], "at least 2 arms"),
+        (["control", "A", "A"], r"duplicate arm names \['A'\]"),
+    ],
+)
+def test_arm_names_are_checked_alike_everywhere(arms, message):
+    with pytest.raises(ValueError, match=message):
+        pt.from_arrays("binary", arms, conversion=np.full((4, 2, 3), 0.5))
+    with pytest.raises(ValueError, match=message):
+        pt.simulate_experiment(10, arms=arms)
+    if not isinstance(arms, str):
+        tables = [(arm, pd.DataFrame({"y": [0.0]})) for arm in arms]
+        with pytest.raises(ValueError, match=message):
+            pt.observed_data(tables, outcome="y")
+
+
+def test_from_arrays_transposes_a_data_array_by_dim_name():
+    rng = np.random.default_rng(2)
+    values = rng.uniform(size=(5, 6, 3))  # (draw, visitor, arm)
+    draw_first = xr.DataArray(values, dims=("draw", "visitor", "arm"))
+    result = pt.from_arrays("binary", ["control", "A", "B"], conversion=draw_first)
+    np.testing.assert_array_equal(
+        result.dataset["conversion"].values, values.transpose(1, 0, 2).astype(np.float32)
+    )
+    lazy = xr.DataArray(da.from_array(values, chunks=2), dims=("draw", "visitor", "arm"))
+    data = pt.from_arrays("binary", ["control", "A", "B"], conversion=lazy).dataset["conversion"]
+    assert isinstance(data.data, da.Array)
+    np.testing.assert_array_equal(data.values, values.transpose(1, 0, 2).astype(np.float32))
+    with pytest.raises(ValueError, match=r"\['sample'\] are not posterior dims"):
+        pt.from_arrays(
+            "binary",
+            ["control", "A", "B"],
+            conversion=xr.DataArray(values, dims=("sample", "visitor", "arm")),
+        )
+    labelled = draw_first.assign_coords(arm=["control", "B", "A"])
+    with pytest.raises(ValueError, match=r"arm labels \['control', 'B', 'A'\]"):
+        pt.from_arrays("binary", ["control", "A", "B"], conversion=labelled)

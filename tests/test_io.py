@@ -20,7 +20,7 @@ import zarr
 
 import pytyche as pt
 
-from conftest import random_dataset
+from conftest import counting_scheduler, random_dataset
 
 io_module = importlib.import_module("pytyche.io")
 
@@ -28,8 +28,10 @@ FORMATS = {"zarr": (pt.to_zarr, "store.zarr"), "netcdf": (pt.to_netcdf, "posteri
 
 
 def with_missing_text(ds: xr.Dataset) -> xr.Dataset:
+    """Missing text values and genuine empty strings, side by side."""
     device = ds["device"].values.copy()
     device[::5] = np.nan
+    device[1::5] = ""
     return ds.assign_coords(
         device=("visitor", device), visits=("visitor", np.arange(ds.sizes["visitor"]))
     )
@@ -55,7 +57,16 @@ def test_round_trip_is_identical_and_lazy(tmp_path, fmt, family, chains):
     # Text covariates (missing values included), numbers and booleans survive.
     assert opened.dataset["device"].dtype == object
     xr.testing.assert_identical(opened.dataset.compute(), ds)
-    segments = [pt.DiscoveredSegment(0, "device == 'mobile'"), pt.DiscoveredSegment(1, "everyone")]
+    assert "device" + io_module.MISSING_SUFFIX not in opened.dataset.variables
+    segments = [
+        pt.DiscoveredSegment(0, "device == 'mobile'"),
+        pt.DiscoveredSegment(1, "everyone"),
+        pt.DiscoveredSegment(2, "device == ''"),
+    ]
+    before = pt.membership(segments, result.dataset).values
+    after = pt.membership(segments, opened.dataset).values
+    np.testing.assert_array_equal(after, before)
+    assert before[2].sum() == ds.sizes["visitor"] // 5  # the genuine "" only, not the missing
     assert pt.thompson_allocation(opened, segments) == pt.thompson_allocation(result, segments)
 
 
@@ -156,31 +167,39 @@ WRITER = textwrap.dedent(
 )
 
 
-def kill_mid_write(tmp_path: Path, function: str, target: Path) -> None:
+def kill_mid_write(tmp_path: Path, function: str, targets: list[Path]) -> None:
+    """Start one writer per target (concurrently), SIGKILL each once its temporary has data."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    process = subprocess.Popen(
-        [sys.executable, str(script), function, str(target)],
-        stdout=subprocess.PIPE,
-        env=env,
-    )
+    processes = {
+        target: subprocess.Popen(
+            [sys.executable, str(script), function, str(target)], stdout=subprocess.PIPE, env=env
+        )
+        for target in targets
+    }
     try:
-        assert process.stdout.readline().strip() == b"writing"
+        for process in processes.values():
+            assert process.stdout.readline().strip() == b"writing"
         deadline = time.monotonic() + 60
-        # Wait until the temporary beside the target has data in it, then kill the writer.
-        while time.monotonic() < deadline:
-            temporaries = [p for p in tmp_path.iterdir() if ".pytyche-" in p.name]
-            if temporaries and _size(temporaries[0]) > 1_000_000:
-                break
+        running = dict(processes)
+        # Wait until the temporary beside each target has data in it, then kill its writer.
+        while running and time.monotonic() < deadline:
+            for target, process in list(running.items()):
+                temporaries = list(tmp_path.glob(f".{target.name}.pytyche-*"))
+                if temporaries and _size(temporaries[0]) > 1_000_000:
+                    os.kill(process.pid, signal.SIGKILL)
+                    del running[target]
             time.sleep(0.05)
-        else:
-            pytest.fail("the writer never got going")
-        os.kill(process.pid, signal.SIGKILL)
+        if running:
+            pytest.fail(f"the writers for {list(running)} never got going")
     finally:
-        process.wait(timeout=30)
-        process.stdout.close()
-    assert process.returncode == -signal.SIGKILL
+        for process in processes.values():
+            if process.poll() is None and process.returncode is None:
+                process.kill()
+            process.wait(timeout=30)
+            process.stdout.close()
+    assert all(p.returncode == -signal.SIGKILL for p in processes.values())
 
 
 def _size(path: Path) -> int:
@@ -194,13 +213,99 @@ def test_sigkill_mid_write_leaves_the_old_store_or_none(tmp_path, fmt):
     write, name = FORMATS[fmt]
     old = random_dataset("hurdle", seed=1, dtype=np.float32)
     target = write(pt.posterior(old), tmp_path / name)
-    kill_mid_write(tmp_path, "to_zarr" if fmt == "zarr" else "to_netcdf", target)
+    fresh = tmp_path / ("fresh-" + name)
+    kill_mid_write(tmp_path, "to_zarr" if fmt == "zarr" else "to_netcdf", [target, fresh])
     # The old store is intact at the path: the killed write never touched it.
     xr.testing.assert_identical(pt.open_posterior(target).dataset.compute(), old)
     # Without an old store, nothing at all is at the path.
-    fresh = tmp_path / ("fresh-" + name)
-    kill_mid_write(tmp_path, "to_zarr" if fmt == "zarr" else "to_netcdf", fresh)
     assert not fresh.exists()
+
+
+SWAP = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import pytyche as pt, pytyche.io as io
+
+    new = pt.from_arrays("binary", ["control", "A"], conversion=np.full((20, 3, 2), 0.7))
+    target, mode = sys.argv[1], sys.argv[2]
+    if mode == "exchange":  # killed right after the one atomic swap
+        exchange = io._exchange
+
+        def killed_after(a, b):
+            assert exchange(a, b)
+            os._exit(9)
+
+        io._exchange = killed_after
+    else:  # no renameat2: killed between the two renames of the fallback
+        io._exchange = lambda a, b: False
+        rename = os.rename
+
+        def killed_after_first(a, b):
+            rename(a, b)
+            os._exit(9)
+
+        os.rename = killed_after_first
+    pt.to_zarr(new, target, overwrite=True)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux only")
+def test_zarr_overwrite_swaps_atomically_and_names_what_a_kill_left(tmp_path):
+    script = tmp_path / "swap.py"
+    script.write_text(SWAP)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    old = pt.from_arrays("binary", ["control", "A"], conversion=np.full((20, 3, 2), 0.5))
+    swapped, fallback = pt.to_zarr(old, tmp_path / "a.zarr"), pt.to_zarr(old, tmp_path / "b.zarr")
+    processes = [
+        subprocess.Popen([sys.executable, str(script), str(path), mode], env=env)
+        for path, mode in ((swapped, "exchange"), (fallback, "rename"))
+    ]
+    assert [p.wait(timeout=60) for p in processes] == [9, 9]
+    # One atomic exchange: the target holds the complete new store even when killed at once.
+    np.testing.assert_array_equal(
+        pt.open_posterior(swapped).dataset["conversion"].values, np.float32(0.7)
+    )
+    # The fallback's two renames, killed between them: nothing at the target, and opening
+    # says which sibling the interrupted write left.
+    assert not fallback.exists()
+    with pytest.raises(
+        FileNotFoundError, match=r"an interrupted write left \['\.b\.zarr\.pytyche-"
+    ):
+        pt.open_posterior(fallback)
+
+
+def test_exchange_swaps_two_paths(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.write_text("file")
+    if not io_module._exchange(a, b):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is unavailable here")
+    assert a.read_text() == "file" and b.is_dir()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_overwrite_file_with_store_leaves_nothing_behind(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(io_module, "_exchange", lambda a, b: False)
+    result = pt.posterior(random_dataset("binary", dtype=np.float32))
+    path = tmp_path / "x.zarr"
+    path.write_text("not a store")
+    pt.to_zarr(result, path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zarr"]
+    xr.testing.assert_identical(pt.open_posterior(path).dataset.compute(), result.dataset)
+    pt.to_zarr(result, path, overwrite=True)  # a store over a store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zarr"]
+
+
+def test_netcdf_refuses_to_replace_a_directory(tmp_path):
+    result = pt.posterior(random_dataset("binary", dtype=np.float32))
+    store = pt.to_zarr(result, tmp_path / "x.zarr")
+    with pytest.raises(IsADirectoryError, match=r"x\.zarr is a directory"):
+        pt.to_netcdf(result, store, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zarr"]
+    pt.open_posterior(store)
 
 
 # --------------------------------------------------------------------------- bad stores
@@ -272,3 +377,86 @@ def test_result_methods_write_the_same_store(tmp_path, fmt):
     with pytest.raises(FileExistsError):
         method(path)
     assert method(path, overwrite=True) == path
+
+
+def chunk_files(path: Path, name: str) -> list[Path]:
+    return sorted(p for p in (path / name).rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def test_deleted_zarr_chunk_is_an_error_at_open(tmp_path, monkeypatch):
+    ds = random_dataset("hurdle", n_visitors=100, n_draws=10, dtype=np.float32)
+    monkeypatch.setattr(io_module, "CHUNK_BYTES", 10 * 10 * 3 * 4)
+    path = pt.to_zarr(pt.posterior(ds), tmp_path / "d.zarr")
+    chunks = chunk_files(path, "value")
+    assert len(chunks) == 10  # every chunk written
+    chunks[3].unlink()
+    with pytest.raises(
+        pt.PosteriorReadError, match=r"'value' is missing its chunk 'c/3/0/0' .*visitors 30-40"
+    ):
+        pt.open_posterior(path)
+
+
+def test_flipped_bytes_in_a_zarr_chunk_fail_the_checksum(tmp_path):
+    ds = random_dataset("binary", n_visitors=60, dtype=np.float32)
+    path = pt.to_zarr(pt.posterior(ds), tmp_path / "f.zarr")
+    chunk = chunk_files(path, "conversion")[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    opened = pt.open_posterior(path)
+    with pytest.raises(pt.PosteriorReadError, match=r"'conversion'.*checksum"):
+        _ = opened.dataset["conversion"].values
+
+
+def test_scrambled_netcdf_data_fails_the_checksum(tmp_path):
+    ds = random_dataset("binary", n_visitors=60, dtype=np.float32)
+    path = pt.to_netcdf(pt.posterior(ds), tmp_path / "s.nc")
+    data = bytearray(path.read_bytes())
+    # The variable is stored uncompressed: find its first values and scramble them.
+    start = data.find(ds["conversion"].values.tobytes()[:64])
+    assert start > 0
+    data[start : start + 256] = b"\xff" * 256
+    path.write_bytes(bytes(data))
+    opened = pt.open_posterior(path)
+    with pytest.raises(pt.PosteriorReadError, match=r"s\.nc: could not read .* of 'conversion'"):
+        _ = opened.dataset["conversion"].values
+
+
+def test_open_auto_chunks_by_bytes_in_whole_stored_chunks(tmp_path, monkeypatch):
+    ds = random_dataset("binary", n_visitors=100, n_draws=10, dtype=np.float32)
+    per_visitor = 10 * 3 * 4
+    monkeypatch.setattr(io_module, "CHUNK_BYTES", 10 * per_visitor)
+    path = pt.to_zarr(pt.posterior(ds), tmp_path / "s.zarr")  # stored chunks: 10 visitors
+    # 45 visitors' worth of bytes: rounded down to whole stored chunks, 40 visitors.
+    monkeypatch.setattr(io_module, "CHUNK_BYTES", 45 * per_visitor)
+    chunks = pt.open_posterior(path).dataset["conversion"].data.chunks
+    assert chunks == ((40, 40, 20), (10,), (3,))
+    # Less than one stored chunk's worth: one stored chunk, never a part of one.
+    monkeypatch.setattr(io_module, "CHUNK_BYTES", 3 * per_visitor)
+    assert pt.open_posterior(path).dataset["conversion"].data.chunks[0] == (10,) * 10
+    monkeypatch.undo()
+    # At the default target, a realistic posterior gets chunks in the contract's 64-256 MB.
+    for shape in [(1_000_000, 1_000, 4), (200_000, 4_000, 10), (50_000, 2, 500, 3)]:
+        rows = io_module.visitor_chunk(shape, 4, io_module.CHUNK_BYTES)
+        assert 64 * 2**20 <= rows * np.prod(shape[1:]) * 4 <= 256 * 2**20, shape
+
+
+def test_from_arrays_from_inference_data_and_open_are_lazy(tmp_path):
+    observed, _ = pt.simulate_experiment(300, family="binary", seed=1)
+    draws = da.random.default_rng(0).uniform(size=(300, 10, 3), chunks=(50, 10, 3))
+    group = xr.Dataset(
+        {"c": (("obs", "draw", "t"), draws)},
+        coords={"t": ["control", "A", "B"]},
+    )
+    group = group.expand_dims(chain=1).transpose("chain", "draw", "obs", "t")
+    with counting_scheduler(0):
+        result = pt.from_arrays("binary", ["control", "A", "B"], observed, conversion=draws)
+        pt.from_inference_data(
+            group, "binary", variables={"conversion": "c"}, visitor_dim="obs", arm_dim="t"
+        )
+    path = pt.to_zarr(result, tmp_path / "lazy.zarr")
+    with counting_scheduler(0):
+        opened = pt.open_posterior(path)
+    with counting_scheduler(1):
+        allocation = pt.thompson_allocation(opened, pt.planted_segments())
+    assert allocation == pt.thompson_allocation(result, pt.planted_segments())

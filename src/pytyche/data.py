@@ -89,6 +89,7 @@ def observed_data(
     (['control', 'control', 'A'], ['mobile', 'desktop', 'tablet'])
     """
     pairs = _arm_frames(frames)
+    outcome = str(outcome)
     arms = [arm for arm, _ in pairs]
     first_arm, first = pairs[0]
     has_ids = VISITOR_ID in first.columns
@@ -154,19 +155,11 @@ def _arm_frames(frames) -> list[tuple[str, pd.DataFrame]]:
             "frames must map arm name → DataFrame (control first), got a single DataFrame"
         )
     pairs = list(frames.items()) if isinstance(frames, Mapping) else list(frames)
-    names = []
     for item in pairs:
         if not (isinstance(item, tuple) and len(item) == 2):
             raise TypeError(f"frames must hold (arm name, DataFrame) pairs, got {item!r}")
-        names.append(item[0])
-    if len(pairs) < 2:
-        raise ValueError(f"an experiment needs at least 2 arms (control first), got {names}")
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"arm names must be non-empty strings, got {name!r}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate arm names {duplicates} in {names}")
+    check_arm_names([name for name, _ in pairs])
+    out = []
     for name, frame in pairs:
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(
@@ -174,10 +167,15 @@ def _arm_frames(frames) -> list[tuple[str, pd.DataFrame]]:
             )
         if len(frame) == 0:
             raise ValueError(f"arm {name!r} has no rows: every arm needs at least one visitor")
-        dup_cols = sorted({str(c) for c in frame.columns if list(frame.columns).count(c) > 1})
+        # Column labels are used as text (coordinate names); 0 and "0" would collide.
+        labels = [str(c) for c in frame.columns]
+        dup_cols = sorted({c for c in labels if labels.count(c) > 1})
         if dup_cols:
-            raise ValueError(f"arm {name!r} has duplicate column names {dup_cols}")
-    return pairs
+            raise ValueError(
+                f"arm {name!r} has duplicate column names {dup_cols} (compared as text)"
+            )
+        out.append((str(name), frame.set_axis(labels, axis=1)))
+    return out
 
 
 def _column_kind(series: pd.Series) -> str:
@@ -214,10 +212,9 @@ def _stack_covariate(name: str, pairs) -> np.ndarray:
             )
     kind = kinds[first_arm]
     if kind == "text":
-        parts = [frame[name].astype(object).to_numpy(dtype=object) for _, frame in pairs]
-        values = np.concatenate(parts)
+        values = np.concatenate([_text_values(frame[name]) for _, frame in pairs])
         # One missing marker (NaN, as xarray stores it), whatever pandas used (pd.NA, None).
-        values[pd.isna(values)] = np.nan
+        values[np.asarray(pd.isna(values), dtype=bool)] = np.nan
         return values
     if kind == "bool":
         for arm, frame in pairs:
@@ -235,6 +232,16 @@ def _stack_covariate(name: str, pairs) -> np.ndarray:
         else:
             parts.append(column.to_numpy())
     return np.concatenate(parts)
+
+
+def _text_values(column: pd.Series) -> np.ndarray:
+    """Object array of str (missing as pandas marks it); categories that are numbers → text."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        categories = column.cat.categories
+        if not all(isinstance(c, str) for c in categories):
+            text = np.array([str(c) for c in categories] + [np.nan], dtype=object)
+            return text[column.cat.codes.to_numpy()]  # code -1 (missing) picks the NaN
+    return column.astype(object).to_numpy(dtype=object)
 
 
 def _is_plain_numeric(column: pd.Series) -> bool:
@@ -364,9 +371,27 @@ def attach_observed(dataset: xr.Dataset, observed: xr.Dataset) -> xr.Dataset:
     return dataset.assign_coords(coords)
 
 
-def visitor_chunk(bytes_per_visitor: int, target_bytes: int = CHUNK_BYTES) -> int:
-    """Visitors per chunk so that one chunk of a variable is about ``target_bytes``."""
-    return max(1, int(target_bytes // max(1, bytes_per_visitor)))
+def visitor_chunk(shape: Sequence[int], itemsize: int, target_bytes: int = CHUNK_BYTES) -> int:
+    """Visitors per chunk so that one chunk of an array is about ``target_bytes``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The array's shape, visitor first.
+    itemsize : int
+        Bytes per element.
+    target_bytes : int, default CHUNK_BYTES (128 MiB)
+        Target chunk size.
+
+    Returns
+    -------
+    int
+        Between 1 and the number of visitors (1 for an array without visitors).
+    """
+    shape = tuple(int(n) for n in shape)
+    per_visitor = int(np.prod(shape[1:], dtype=np.int64)) * int(itemsize)
+    rows = int(target_bytes // max(1, per_visitor))
+    return max(1, min(rows, shape[0] if shape else 1))
 
 
 # --------------------------------------------------------------------------- from arrays
@@ -400,7 +425,10 @@ def from_arrays(
     dtype : numpy float dtype or None, default float32
         Cast the draws (lazily on dask) to this dtype; None keeps the arrays' dtype.
     **variables : array-like
-        The family's variables, each (visitor, draw, arm) or (visitor, chain, draw, arm).
+        The family's variables, each (visitor, draw, arm) or (visitor, chain, draw, arm). A
+        DataArray whose dims are named ``visitor``, ``draw``, ``arm`` (and ``chain``) is
+        transposed to that order by name, lazily; its ``arm`` labels, if any, must match
+        ``arms``.
 
     Returns
     -------
@@ -409,13 +437,14 @@ def from_arrays(
     Raises
     ------
     ValueError
-        For an unknown family, missing or unexpected variables, arrays of the wrong rank or of
-        different shapes, an arm axis that does not match ``arms``, a visitor axis that does
-        not match ``observed``, non-real dtypes, or in-memory values out of range
-        (``conversion`` outside [0, 1], negative ``value``, NaN or infinity).
+        For an unknown family, missing or unexpected variables, a DataArray with dims other
+        than the posterior's, arrays of the wrong rank or of different shapes, an arm axis
+        that does not match ``arms``, a visitor axis that does not match ``observed``,
+        non-real dtypes, or in-memory values out of range (``conversion`` outside [0, 1],
+        negative ``value``, NaN or infinity).
     """
     cls = _family_class(family)
-    arms = _check_arms(arms)
+    arms = check_arm_names(arms)
     wanted = cls.metric_variables
     missing = [name for name in wanted if name not in variables]
     extra = sorted(set(variables) - set(wanted))
@@ -426,7 +455,7 @@ def from_arrays(
             + ("; " if missing and extra else "")
             + (f"unexpected {extra}" if extra else "")
         )
-    arrays = {name: _as_array(name, variables[name]) for name in wanted}
+    arrays = {name: _as_array(name, variables[name], arms) for name in wanted}
     shape = arrays[wanted[0]].shape
     for name, array in arrays.items():
         if array.ndim not in (3, 4):
@@ -572,26 +601,65 @@ def _family_class(family: str) -> type[_BCFResult]:
     return RESULT_TYPES[family]
 
 
-def _check_arms(arms: Sequence[str]) -> list[str]:
+def check_arm_names(arms) -> list[str]:
+    """Validate arm names (non-empty strings, at least 2, no duplicates); return them as a list.
+
+    Parameters
+    ----------
+    arms : sequence of str
+        Arm names, control first.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ValueError
+        For a single string, a name that is not a non-empty string, fewer than 2 arms, or
+        duplicate names.
+    """
     if isinstance(arms, str):
         raise ValueError(f"arms must be a sequence of arm names, got the single string {arms!r}")
-    arms = [str(a) for a in arms]
+    arms = list(arms)
+    for name in arms:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"arm names must be non-empty strings, got {name!r} in {arms}")
+    arms = [str(name) for name in arms]  # numpy str_ → str
     if len(arms) < 2:
-        raise ValueError(f"a posterior needs at least 2 arms (control first), got {arms}")
+        raise ValueError(f"an experiment needs at least 2 arms (control first), got {arms}")
     duplicates = sorted({a for a in arms if arms.count(a) > 1})
     if duplicates:
         raise ValueError(f"duplicate arm names {duplicates} in {arms}")
     return arms
 
 
-def _as_array(name: str, value):
+def _as_array(name: str, value, arms: list[str]):
     if isinstance(value, xr.DataArray):
-        value = value.data
+        value = _contract_order(name, value, arms)
     if not isinstance(value, da.Array):
         value = np.asarray(value)
     if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
         raise ValueError(f"variable {name!r} has dtype {value.dtype}; expected real numbers")
     return value
+
+
+def _contract_order(name: str, array: xr.DataArray, arms: list[str]):
+    """A DataArray's data in (visitor, [chain,] draw, arm) order, transposed by dim name."""
+    contract = (VISITOR, CHAIN, DRAW, ARM)
+    unknown = [d for d in array.dims if d not in contract]
+    if unknown:
+        raise ValueError(
+            f"variable {name!r} is a DataArray with dims {array.dims}; {unknown} are not "
+            f"posterior dims {list(contract)}. Rename them (DataArray.rename), or pass the "
+            "array's .data to use its axes in (visitor, [chain,] draw, arm) order"
+        )
+    if ARM in array.coords and [str(a) for a in array[ARM].values] != arms:
+        raise ValueError(
+            f"variable {name!r} has arm labels {[str(a) for a in array[ARM].values]} but the "
+            f"arms are {arms}"
+        )
+    return array.transpose(*(d for d in contract if d in array.dims)).data
 
 
 def _check_values(name: str, values: np.ndarray) -> None:
@@ -640,16 +708,14 @@ def _build_result(cls, arms, dims, arrays, observed, chunks, dtype) -> _BCFResul
 def _chunk(array, chunks):
     if chunks is None:
         return array
-    per_visitor = int(np.prod(array.shape[1:])) * array.dtype.itemsize
     if chunks == "auto":
         if not isinstance(array, da.Array):
             return array
-        size = visitor_chunk(per_visitor)
+        size = visitor_chunk(array.shape, array.dtype.itemsize)
     elif isinstance(chunks, int | np.integer) and not isinstance(chunks, bool) and chunks > 0:
-        size = int(chunks)
+        size = min(int(chunks), max(1, array.shape[0]))
     else:
         raise ValueError(f"chunks must be 'auto', a positive int or None, got {chunks!r}")
-    size = min(size, max(1, array.shape[0]))
     target = (size, *array.shape[1:])
     if isinstance(array, da.Array):
         return array.rechunk(target)

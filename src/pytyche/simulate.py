@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
-from .data import OUTCOME, VARIANT, VISITOR
+from .data import OUTCOME, VARIANT, VISITOR, check_arm_names
 from .results import ARM, RESULT_TYPES
 from .segments import DiscoveredSegment
 
@@ -91,8 +91,8 @@ def simulate_experiment(
     Raises
     ------
     ValueError
-        For an unknown family or scenario, fewer than 2 or duplicate arms, or fewer visitors
-        than arms.
+        For an unknown family or scenario, arm names that are not non-empty strings, fewer
+        than 2 or duplicate arms, or fewer visitors than arms.
 
     Examples
     --------
@@ -104,14 +104,7 @@ def simulate_experiment(
         raise ValueError(f"family must be one of {sorted(RESULT_TYPES)}, got {family!r}")
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
-    if isinstance(arms, str):
-        raise ValueError(f"arms must be a sequence of names, got the single string {arms!r}")
-    arms = [str(a) for a in arms]
-    if len(arms) < 2:
-        raise ValueError(f"an experiment needs at least 2 arms (control first), got {arms}")
-    duplicates = sorted({a for a in arms if arms.count(a) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate arm names {duplicates} in {arms}")
+    arms = check_arm_names(arms)
     n_visitors = int(n_visitors)
     if n_visitors < len(arms):
         raise ValueError(f"need at least one visitor per arm: {n_visitors} visitors, {arms}")
