@@ -175,16 +175,17 @@ def thompson_allocation(
     means, members, valid = _segment_statistics(result, member)
     wins = _win_counts(means, result.sample_dims)
     # Labels of a lazily opened store are checked in the same compute as everything else.
-    variant = result.observed["variant"]
-    unknown_labels = (~variant.isin(list(result.variants))).sum() if variant.chunks else 0
+    arms = list(result.variants)
+    variant = result.dataset.coords["variant"]
+    unknown_labels = (~variant.isin(arms)).sum() if variant.chunks else 0
     wins, members, valid, unknown_labels = dask.compute(wins, members, valid, unknown_labels)
 
     if unknown_labels:
-        check_variant_labels(pd.unique(variant.values.ravel()), list(result.variants))
+        check_variant_labels(pd.unique(variant.values.ravel()), arms)
     _check_members(member, members.values, valid.values)
     weights = apply_exploration_floor(wins.values / result.n_samples, epsilon)
     return {
-        int(segment_id): {arm: float(w) for arm, w in zip(result.variants, row, strict=True)}
+        int(segment_id): dict(zip(arms, row.tolist(), strict=True))
         for segment_id, row in zip(member["segment"].values, weights, strict=True)
     }
 
@@ -216,7 +217,7 @@ def _check_result(posterior) -> _BCFResult:
         )
         names = ", ".join(cls.__name__ for cls in ACCEPTED_RESULTS)
         raise TypeError(f"posterior must be one of {names}; got {type(posterior).__name__}{hint}")
-    if posterior.observed is None:
+    if "variant" not in posterior.dataset.coords:  # no observed data (without building it)
         raise ValueError(
             "the posterior carries no observed data (no 'variant' coordinate along visitor), "
             "so segment rules have no covariates to match"

@@ -317,6 +317,11 @@ class Clause:
         # Check the original dtype: extension arrays (Int64, boolean) become object below.
         self.check_dtype(values.dtype)
         values = np.asarray(values)
+        if values.dtype.kind != "O":  # fixed-width: only floats can be missing, as NaN
+            out = self._compare(values)
+            if values.dtype.kind == "f":
+                out &= ~np.isnan(values)
+            return out
         # Drop missing entries before comparing, so ``None < 3`` is never attempted.
         present = ~np.asarray(pd.isna(values), dtype=bool)
         out = np.zeros(values.shape, dtype=bool)
