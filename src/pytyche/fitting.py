@@ -100,6 +100,7 @@ def fit(observed: xr.Dataset, family: str = "auto", **options) -> _BCFResult:
         "hurdle": fit_hurdle_bcf,
     }
     if family == "auto":
+        check_observed(observed)
         family = infer_family(_outcome(observed))
     if family not in fits:
         raise ValueError(f"family must be 'auto' or one of {sorted(fits)}, got {family!r}")
@@ -539,11 +540,7 @@ def _per_arm(mu, tau, link, shift=None) -> np.ndarray:
 
 
 def _outcome(observed: xr.Dataset) -> np.ndarray:
-    if not isinstance(observed, xr.Dataset):
-        raise TypeError(
-            f"observed must be an xarray.Dataset (see pytyche.observed_data), got "
-            f"{type(observed).__name__}"
-        )
+    """The outcome column of observed data that :func:`check_observed` has accepted."""
     variables = observed_variables(observed)
     if OUTCOME not in variables:
         raise ValueError(
