@@ -1,6 +1,6 @@
 """Zarr (and netCDF) write/read throughput for a large posterior, against a plain disk copy.
 
-    python benchmarks/bench_io.py --gb 2 --dir /tmp
+    python benchmarks/bench_io.py --gb 2 --dir SCRATCH_DIR
 
 Builds a hurdle posterior of about ``--gb`` GB (float32, two variables, drawn by
 :func:`pytyche.example_posterior`) in memory, writes it with :func:`pytyche.to_zarr` (atomic:
