@@ -8,11 +8,10 @@ import threading
 import time
 
 import dask
+import distributed
 import pytest
 
 import pytyche as pt
-
-distributed = pytest.importorskip("distributed")
 
 SEGMENTS = {
     0: "device == 'mobile'",
