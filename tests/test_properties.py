@@ -100,8 +100,11 @@ def test_dask_backed_equals_numpy_backed(data):
         lazy = ds.assign({name: ds[name].chunk(chunks) for name in ds.data_vars})
     eager, lazy = pt.posterior(ds), pt.posterior(lazy)
     assert pt.thompson_allocation(lazy, segments) == pt.thompson_allocation(eager, segments)
+    # Chunking changes only the summation order: differences are float64 rounding of O(1)
+    # values, so a mean that nearly cancels to 0 needs an absolute bound too.
     np.testing.assert_allclose(
         pt.segment_means(lazy, segments).values,
         pt.segment_means(eager, segments).values,
         rtol=1e-12,
+        atol=1e-14,
     )
