@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pytyche as pt
-from pytyche import _kernels, reduction
+from pytyche import _kernels, analysis, reduction
 from pytyche._kernels import apply_exploration_floor, segment_sums_block, visitor_atoms
 
 from conftest import OVERLAPPING_SEGMENTS, random_dataset
@@ -76,10 +76,11 @@ def test_numpy_paths_agree_with_dense(monkeypatch, budget, block_bytes):
     monkeypatch.setattr(reduction, "NUMPY_BLOCK_BYTES", block_bytes)
     result = pt.posterior(random_dataset("hurdle", n_visitors=97, n_chains=2, seed=4))
     member = pt.membership(OVERLAPPING_SEGMENTS, result.observed)
-    sums, members = reduction.segment_sums(result, member)
+    sums = reduction.segment_sums(result, member)
+    _, members, _ = analysis._segment_statistics(result, member)
+    np.testing.assert_array_equal(members.values, member.values.sum(axis=1))
     factors = [f.values for f in result.metric_factors()]
     np.testing.assert_allclose(sums.values, dense_sums(member.values, *factors), rtol=1e-12)
-    np.testing.assert_array_equal(members.values, member.values.sum(axis=1))
     assert sums.dims == ("segment", "chain", "draw", "arm")
     assert list(sums["segment"].values) == [s.id for s in OVERLAPPING_SEGMENTS]
 
@@ -124,7 +125,7 @@ def test_non_finite_draws_stay_in_their_own_segments(monkeypatch, budget, bad_va
     member = pt.membership(OVERLAPPING_SEGMENTS, result.observed).values
     broken = int(np.flatnonzero(member.sum(axis=0) == 1)[0])  # in exactly one segment
     ds["expected"][broken, 2, 1] = bad_value
-    sums, _ = reduction.segment_sums(pt.posterior(ds), pt.membership(OVERLAPPING_SEGMENTS, ds))
+    sums = reduction.segment_sums(pt.posterior(ds), pt.membership(OVERLAPPING_SEGMENTS, ds))
     draws = ds["expected"].values
     expected = np.stack([draws[m].sum(axis=0) for m in member])  # members only, by masking
     np.testing.assert_allclose(sums.values, expected, rtol=1e-12, equal_nan=True)

@@ -170,9 +170,7 @@ def thompson_allocation(
     """
     epsilon = _check_epsilon(epsilon)
     result, member = _result_and_membership(posterior, segments)
-    if member.chunks is None:  # member counts are known now: fail before the heavy pass
-        _check_members(member, member.sum("visitor").values)
-    means, members, valid = _segment_statistics(result, member)
+    means, members, valid = _segment_statistics(result, member, check_empty=True)
     wins = _win_counts(means, result.sample_dims)
     # Labels of a lazily opened store are checked in the same compute as everything else.
     arms = list(result.variants)
@@ -242,9 +240,16 @@ def _result_and_membership(posterior, segments) -> tuple[_BCFResult, xr.DataArra
     return result, membership(as_segments(segments), result.observed)
 
 
-def _segment_statistics(result: _BCFResult, member: xr.DataArray):
-    """Lazy segment means, member counts and a per-segment 'usable' flag: one pass."""
-    sums, members = segment_sums(result, member)
+def _segment_statistics(result: _BCFResult, member: xr.DataArray, check_empty: bool = False):
+    """Lazy segment means, member counts and a per-segment 'usable' flag: one pass.
+
+    With ``check_empty``, a segment without members raises before the pass over the
+    posterior when the membership is in memory (its counts are known without a compute).
+    """
+    members = member.sum("visitor", dtype=np.int64).rename("members")
+    if check_empty and members.chunks is None:
+        _check_members(member, members.values)
+    sums = segment_sums(result, member)
     # Empty or non-finite segments become NaN before any arithmetic that would warn on them.
     valid = np.isfinite(sums).all([d for d in sums.dims if d != "segment"]) & (members > 0)
     means = (sums / members.where(members > 0)).where(valid).rename("segment_mean")

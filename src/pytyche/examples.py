@@ -81,7 +81,7 @@ def example_posterior(
     group_shift = rng.normal(0.0, 0.08, size=(*sample_shape, len(arms), len(DEVICES)))
     group_shift[..., 0, :] = 0.0
 
-    variables = _variables_for(family)
+    variables = list(RESULT_TYPES[family].metric_variables)
 
     def block(lo: int, hi: int, name: str) -> np.ndarray:
         shift = np.moveaxis(group_shift[..., device_index[lo:hi]], -1, 0)
@@ -117,10 +117,6 @@ def example_posterior(
         attrs={"pytyche_family": family, "pytyche_schema": SCHEMA_VERSION},
     )
     return RESULT_TYPES[family](ds)
-
-
-def _variables_for(family: str) -> list[str]:
-    return list(RESULT_TYPES[family].metric_variables)
 
 
 def _base(name: str) -> float:

@@ -37,7 +37,7 @@ import pandas as pd
 import xarray as xr
 
 from .data import CHUNK_BYTES, visitor_chunk
-from .reduction import _worker_threads
+from .reduction import worker_threads
 from .results import ARM, CHAIN, DRAW, RESULT_TYPES, VISITOR, _BCFResult, posterior
 
 __all__ = ["PosteriorReadError", "open_posterior", "to_netcdf", "to_zarr"]
@@ -316,7 +316,7 @@ def _atomic_write(target: Path, write, overwrite: bool) -> Path:
     tmp = target.parent / f".{target.name}.pytyche-{token}.tmp"
     old = target.parent / f".{target.name}.pytyche-{token}.old"
     try:
-        with ThreadPoolExecutor(_worker_threads()) as pool, dask.config.set(pool=pool):
+        with ThreadPoolExecutor(worker_threads()) as pool, dask.config.set(pool=pool):
             write(tmp)
         if tmp.is_file() and not target.is_dir():
             os.replace(tmp, target)  # a file over a file (or nothing): one atomic step

@@ -49,7 +49,7 @@ import xarray as xr
 
 from ._tree_kernels import histogram, pair_histogram, posterior_mean_block
 from .analysis import _check_result, thompson_allocation
-from .reduction import _available_cores
+from .reduction import worker_threads
 from .results import VISITOR, _BCFResult
 from .segments import Clause, DiscoveredSegment, SegmentRule
 from .summary import segment_summary
@@ -336,7 +336,7 @@ def _posterior_mean_metric(result: _BCFResult):
         out[start:stop] = posterior_mean_block(*(f[start:stop] for f in factors))
 
     if len(starts) > 1:
-        with ThreadPoolExecutor(min(_available_cores(), len(starts))) as pool:
+        with ThreadPoolExecutor(min(worker_threads(), len(starts))) as pool:
             list(pool.map(fill, starts))
     elif starts:
         fill(0)
@@ -513,7 +513,7 @@ class _Search:
             b = features[job[1]]
             return pair_histogram(a.codes, a.n_bins + 1, b.codes, b.n_bins + 1, index, self.values)
 
-        threads = min(_available_cores(), len(jobs))
+        threads = min(worker_threads(), len(jobs))
         if index.size >= THREADED_VISITORS and threads > 1:
             with ThreadPoolExecutor(threads) as pool:
                 results = list(pool.map(run, jobs))

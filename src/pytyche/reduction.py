@@ -31,7 +31,7 @@ NUMPY_BLOCK_BYTES = 32 * 2**20
 ATOM_BUDGET_BYTES = 256 * 2**20
 
 
-def segment_sums(result: _BCFResult, membership: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+def segment_sums(result: _BCFResult, membership: xr.DataArray) -> xr.DataArray:
     """Sum the per-visitor metric over each segment's members.
 
     Parameters
@@ -43,12 +43,10 @@ def segment_sums(result: _BCFResult, membership: xr.DataArray) -> tuple[xr.DataA
 
     Returns
     -------
-    sums : xarray.DataArray
+    xarray.DataArray
         float64 (segment, sample dims..., arm): ``Σ_visitor membership · metric``. Lazy when
         the posterior or the membership is dask-backed. A segment whose members have a
         non-finite draw has a non-finite sum.
-    members : xarray.DataArray
-        int64 (segment,) member counts, lazy likewise.
     """
     factors = result.metric_factors()
     template = factors[0]
@@ -60,9 +58,9 @@ def segment_sums(result: _BCFResult, membership: xr.DataArray) -> tuple[xr.DataA
         )
     membership = membership.transpose("segment", VISITOR)
     if any(f.chunks is not None for f in factors) or membership.chunks is not None:
-        sums, members = _dask_segment_sums([f.data for f in factors], membership.data)
+        sums = _dask_segment_sums([f.data for f in factors], membership.data)
     else:
-        sums, members = _numpy_segment_sums([f.data for f in factors], membership.values)
+        sums = _numpy_segment_sums([f.data for f in factors], membership.values)
 
     segment_coords = {
         name: coord.variable
@@ -70,7 +68,7 @@ def segment_sums(result: _BCFResult, membership: xr.DataArray) -> tuple[xr.DataA
         if coord.dims == ("segment",)
     }
     trailing = template.dims[1:]
-    sums = xr.DataArray(
+    return xr.DataArray(
         sums,
         dims=("segment", *trailing),
         coords={
@@ -79,8 +77,6 @@ def segment_sums(result: _BCFResult, membership: xr.DataArray) -> tuple[xr.DataA
         },
         name="segment_sum",
     )
-    members = xr.DataArray(members, dims=("segment",), coords=segment_coords, name="members")
-    return sums, members
 
 
 def _dask_segment_sums(factors, membership):
@@ -112,9 +108,7 @@ def _dask_segment_sums(factors, membership):
         dtype=np.float64,
         meta=np.empty((0,) * (len(trailing) + 2), dtype=np.float64),
     )
-    sums = partials.sum(axis=0, dtype=np.float64)
-    members = membership.sum(axis=1, dtype=np.int64)
-    return sums, members
+    return partials.sum(axis=0, dtype=np.float64)
 
 
 def _block_segment_sums(*blocks):
@@ -127,7 +121,7 @@ def _numpy_segment_sums(factors, membership):
     n_visitors = factors[0].shape[0]
     trailing = factors[0].shape[1:]
     columns = math.prod(trailing)
-    n_threads = max(1, min(_worker_threads(), n_visitors))
+    n_threads = max(1, min(worker_threads(), n_visitors))
 
     labels, atom_membership = visitor_atoms(membership)
     n_atoms = len(atom_membership)
@@ -161,11 +155,11 @@ def _numpy_segment_sums(factors, membership):
             sums = sum(pool.map(stream, edges[:-1], edges[1:]))
     if global_atoms:
         sums = atoms_to_segments(sums, atom_membership)
-    return sums.reshape(-1, *trailing), membership.sum(axis=1, dtype=np.int64)
+    return sums.reshape(-1, *trailing)
 
 
-def _worker_threads() -> int:
-    """Threads for numpy-backed posteriors: dask's ``num_workers`` setting, else all cores."""
+def worker_threads() -> int:
+    """Threads for pytyche's own pools: dask's ``num_workers`` setting, else all cores."""
     configured = dask.config.get("num_workers", None)
     return int(configured) if configured else _available_cores()
 

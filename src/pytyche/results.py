@@ -262,7 +262,7 @@ def _validate(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
             raise ValueError(f"coordinate 'variant' has dims {variant.dims}; expected (visitor,)")
         # Labels of a lazily opened store stay unread: checking them needs a compute.
         # Lazily opened labels are checked when thompson_allocation computes, not here.
-        if not _is_dask(variant):
+        if variant.chunks is None:
             check_variant_labels(pd.unique(variant.values.ravel()), arms)
 
 
@@ -273,7 +273,3 @@ def check_variant_labels(labels, arms: list[str]) -> None:
         raise ValueError(
             f"'variant' holds values that are not arm names: {unknown[:10]}; arms are {arms}"
         )
-
-
-def _is_dask(array: xr.DataArray) -> bool:
-    return array.chunks is not None
