@@ -5,7 +5,7 @@ from __future__ import annotations
 import xarray as xr
 
 from . import analysis
-from .results import posterior
+from .results import check_posterior, posterior
 
 
 @xr.register_dataset_accessor("tyche")
@@ -42,4 +42,4 @@ class TycheAccessor:
 
     def membership(self, segments) -> xr.DataArray:
         """Call :func:`pytyche.analysis.membership` on this Dataset's observed data."""
-        return analysis.membership(segments, analysis._check_result(self.result).observed)
+        return analysis.membership(segments, check_posterior(self.result).observed)

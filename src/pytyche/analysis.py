@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from numbers import Real
-
 import dask
-import numpy as np
 import pandas as pd
 import xarray as xr
 
 from ._kernels import apply_exploration_floor
-from .reduction import segment_sums
-from .results import (
-    ARM,
-    BinaryBCFResult,
-    ContinuousBCFResult,
-    HurdleBCFResult,
-    _BCFResult,
-    check_variant_labels,
+from ._validate import check_probability
+from .results import BCFResult, check_variant_labels
+from .segments import membership
+from .statistics import (
+    Segments,
+    check_members,
+    posterior_and_membership,
+    segment_statistics,
+    win_counts,
 )
-from .segments import DiscoveredSegment, as_segments, membership
+from .summary import segment_summary
 
 __all__ = [
     "membership",
@@ -31,11 +27,8 @@ __all__ = [
     "win_frequencies",
 ]
 
-ACCEPTED_RESULTS = (HurdleBCFResult, ContinuousBCFResult, BinaryBCFResult)
-Segments = Sequence[DiscoveredSegment] | Mapping[int, object]
 
-
-def segment_means(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
+def segment_means(posterior: BCFResult, segments: Segments) -> xr.DataArray:
     """Segment-mean expected metric per posterior sample and arm.
 
     The mean over a segment's members of the per-visitor metric (conversion probability,
@@ -64,11 +57,11 @@ def segment_means(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
     ValueError
         When ``posterior.observed`` is None, or the segments are empty or share an id.
     """
-    means, _, _ = _segment_statistics(*_result_and_membership(posterior, segments))
+    means, _, _ = segment_statistics(*posterior_and_membership(posterior, segments))
     return means
 
 
-def win_frequencies(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
+def win_frequencies(posterior: BCFResult, segments: Segments) -> xr.DataArray:
     """Posterior probability that each arm is each segment's best arm (no exploration floor).
 
     Each posterior sample votes once per segment, for the treatment whose segment-mean
@@ -95,14 +88,14 @@ def win_frequencies(posterior: _BCFResult, segments: Segments) -> xr.DataArray:
     ValueError
         When ``posterior.observed`` is None, or the segments are empty or share an id.
     """
-    result, member = _result_and_membership(posterior, segments)
-    means, _, valid = _segment_statistics(result, member)
-    wins = _win_counts(means, result.sample_dims)
+    result, member = posterior_and_membership(posterior, segments)
+    means, _, valid = segment_statistics(result, member)
+    wins = win_counts(means, result.sample_dims)
     return (wins / result.n_samples).where(valid).rename("win_frequency")
 
 
 def thompson_allocation(
-    posterior: _BCFResult, segments: Segments, epsilon: float = 0.02
+    posterior: BCFResult, segments: Segments, epsilon: float = 0.02
 ) -> dict[int, dict[str, float]]:
     """Per-segment traffic split: each arm's weight is the posterior probability that it is the
     segment's best arm.
@@ -168,10 +161,12 @@ def thompson_allocation(
     >>> round(sum(allocation[0].values()), 12)
     1.0
     """
-    epsilon = _check_epsilon(epsilon)
-    result, member = _result_and_membership(posterior, segments)
-    means, members, valid = _segment_statistics(result, member, check_empty=True)
-    wins = _win_counts(means, result.sample_dims)
+    epsilon = check_probability(
+        "epsilon", epsilon, why=": the floor epsilon / K per arm can only sum to at most 1"
+    )
+    result, member = posterior_and_membership(posterior, segments)
+    means, members, valid = segment_statistics(result, member, check_empty=True)
+    wins = win_counts(means, result.sample_dims)
     # Labels of a lazily opened store are checked in the same compute as everything else.
     arms = list(result.variants)
     variant = result.dataset.coords["variant"]
@@ -180,7 +175,7 @@ def thompson_allocation(
 
     if unknown_labels:
         check_variant_labels(pd.unique(variant.values.ravel()), arms)
-    _check_members(member, members.values, valid.values)
+    check_members(member, members.values, valid.values)
     weights = apply_exploration_floor(wins.values / result.n_samples, epsilon)
     return {
         int(segment_id): dict(zip(arms, row.tolist(), strict=True))
@@ -188,86 +183,3 @@ def thompson_allocation(
     }
 
 
-def _check_members(member: xr.DataArray, counts: np.ndarray, valid=None) -> None:
-    """Raise ValueError for the first segment with no members or with non-finite draws."""
-    for index, (segment_id, rule) in enumerate(
-        zip(member["segment"].values, member["rule"].values, strict=True)
-    ):
-        if counts[index] == 0:
-            raise ValueError(
-                f"segment {int(segment_id)} ({rule}) matches zero visitors: its mean over "
-                "members is undefined; drop it or widen its rule"
-            )
-        if valid is not None and not valid[index]:
-            raise ValueError(
-                f"segment {int(segment_id)} ({rule}): a member's posterior draws contain NaN "
-                "or infinity; check the posterior"
-            )
-
-
-def _check_result(posterior) -> _BCFResult:
-    if not isinstance(posterior, ACCEPTED_RESULTS):
-        hint = (
-            " (for a Dataset, call ds.tyche.thompson_allocation or wrap it with "
-            "pytyche.posterior(ds))"
-            if isinstance(posterior, xr.Dataset)
-            else ""
-        )
-        names = ", ".join(cls.__name__ for cls in ACCEPTED_RESULTS)
-        raise TypeError(f"posterior must be one of {names}; got {type(posterior).__name__}{hint}")
-    if "variant" not in posterior.dataset.coords:  # no observed data (without building it)
-        raise ValueError(
-            "the posterior carries no observed data (no 'variant' coordinate along visitor), "
-            "so segment rules have no covariates to match"
-        )
-    return posterior
-
-
-def _check_epsilon(epsilon) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, Real):
-        raise TypeError(f"epsilon must be a real number in [0, 1], got {epsilon!r}")
-    epsilon = float(epsilon)
-    if math.isnan(epsilon) or not 0.0 <= epsilon <= 1.0:
-        raise ValueError(
-            f"epsilon must be in [0, 1], got {epsilon!r}: the floor epsilon / K per arm can "
-            "only sum to at most 1"
-        )
-    return epsilon
-
-
-def _result_and_membership(posterior, segments) -> tuple[_BCFResult, xr.DataArray]:
-    result = _check_result(posterior)
-    return result, membership(as_segments(segments), result.observed)
-
-
-def _segment_statistics(result: _BCFResult, member: xr.DataArray, check_empty: bool = False):
-    """Lazy segment means, member counts and a per-segment 'usable' flag: one pass.
-
-    With ``check_empty``, a segment without members raises before the pass over the
-    posterior when the membership is in memory (its counts are known without a compute).
-    """
-    members = member.sum("visitor", dtype=np.int64).rename("members")
-    if check_empty and members.chunks is None:
-        _check_members(member, members.values)
-    sums = segment_sums(result, member)
-    # Empty or non-finite segments become NaN before any arithmetic that would warn on them.
-    valid = np.isfinite(sums).all([d for d in sums.dims if d != "segment"]) & (members > 0)
-    means = (sums / members.where(members > 0)).where(valid).rename("segment_mean")
-    return means, members, valid
-
-
-def _win_counts(means: xr.DataArray, sample_dims: tuple[str, ...]) -> xr.DataArray:
-    """(segment, arm) count of samples in which each arm has the largest mean contrast.
-
-    Control's contrast is exactly zero and ``argmax`` takes the first maximum, so control
-    wins unless some treatment's contrast is strictly positive.
-    """
-    contrast = means - means.isel({ARM: 0})
-    winner = contrast.argmax(ARM, skipna=False)
-    arm_index = xr.DataArray(np.arange(means.sizes[ARM]), dims=ARM, coords={ARM: means[ARM]})
-    return (winner == arm_index).sum(sample_dims, dtype=np.int64).rename("wins")
-
-
-# segment_summary lives in its own module and uses this one's internals: imported last, once
-# this module's names exist, so the cycle is harmless.
-from .summary import segment_summary  # noqa: E402

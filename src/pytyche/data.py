@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .results import ARM, CHAIN, DRAW, RESULT_TYPES, SCHEMA_VERSION, VISITOR, _BCFResult
+from .results import ARM, CHAIN, DRAW, RESULT_TYPES, SCHEMA_VERSION, VISITOR, BCFResult
 
 __all__ = ["from_arrays", "from_inference_data", "observed_data"]
 
@@ -405,7 +405,7 @@ def from_arrays(
     chunks: int | str | None = "auto",
     dtype=np.float32,
     **variables,
-) -> _BCFResult:
+) -> BCFResult:
     """Build a typed posterior from numpy or dask arrays computed elsewhere.
 
     Parameters
@@ -488,7 +488,7 @@ def from_inference_data(
     arm_dim: str = ARM,
     chunks: int | str | None = "auto",
     dtype=np.float32,
-) -> _BCFResult:
+) -> BCFResult:
     """Build a typed posterior from an ArviZ-style ``posterior`` group with (chain, draw) dims.
 
     ArviZ stores each variable as (chain, draw, event dims...); pytyche wants visitor-major
@@ -595,7 +595,7 @@ def _posterior_group(inference_data) -> xr.Dataset:
     )
 
 
-def _family_class(family: str) -> type[_BCFResult]:
+def _family_class(family: str) -> type[BCFResult]:
     if family not in RESULT_TYPES:
         raise ValueError(f"family must be one of {sorted(RESULT_TYPES)}, got {family!r}")
     return RESULT_TYPES[family]
@@ -677,7 +677,7 @@ def _check_values(name: str, values: np.ndarray) -> None:
         )
 
 
-def _build_result(cls, arms, dims, arrays, observed, chunks, dtype) -> _BCFResult:
+def _build_result(cls, arms, dims, arrays, observed, chunks, dtype) -> BCFResult:
     shape = next(iter(arrays.values())).shape
     n_visitors = shape[0]
     if observed is not None:

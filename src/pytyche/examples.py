@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .results import RESULT_TYPES, SCHEMA_VERSION, _BCFResult
+from .results import RESULT_TYPES, SCHEMA_VERSION, BCFResult
 
 __all__ = ["example_posterior"]
 
@@ -30,7 +30,7 @@ def example_posterior(
     chunks: int | None = None,
     dtype=np.float32,
     seed: int = 0,
-) -> _BCFResult:
+) -> BCFResult:
     """Build a synthetic posterior whose best arm differs by segment.
 
     Covariates: ``device`` (text: mobile, desktop, tablet), ``age`` (float, about 2% missing)

@@ -51,10 +51,10 @@ from .results import (
     DRAW,
     SCHEMA_VERSION,
     VISITOR,
+    BCFResult,
     BinaryBCFResult,
     ContinuousBCFResult,
     HurdleBCFResult,
-    _BCFResult,
 )
 
 __all__ = ["fit", "fit_binary_bcf", "fit_continuous_bcf", "fit_hurdle_bcf"]
@@ -69,7 +69,7 @@ HURDLE_ZERO_SHARE = 0.10
 MIN_CONVERTERS = 10
 
 
-def fit(observed: xr.Dataset, family: str = "auto", **options) -> _BCFResult:
+def fit(observed: xr.Dataset, family: str = "auto", **options) -> BCFResult:
     """Fit a BCF posterior of the family that suits the outcome.
 
     With ``family="auto"``: an outcome of only 0 and 1 → binary; a non-negative outcome with

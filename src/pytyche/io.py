@@ -38,7 +38,7 @@ import xarray as xr
 
 from .data import CHUNK_BYTES, visitor_chunk
 from .reduction import worker_threads
-from .results import ARM, CHAIN, DRAW, RESULT_TYPES, VISITOR, _BCFResult, posterior
+from .results import ARM, CHAIN, DRAW, RESULT_TYPES, VISITOR, BCFResult, posterior
 
 __all__ = ["PosteriorReadError", "open_posterior", "to_netcdf", "to_zarr"]
 
@@ -162,7 +162,7 @@ def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
     return _atomic_write(target, write, overwrite)
 
 
-def open_posterior(path, chunks="auto") -> _BCFResult:
+def open_posterior(path, chunks="auto") -> BCFResult:
     """Open a posterior written by :func:`to_zarr` or :func:`to_netcdf`, lazily.
 
     Nothing but metadata and the index coordinates (``arm``, and ``visitor`` when it has
@@ -247,7 +247,7 @@ def _prepare(result, chunk_bytes: int) -> xr.Dataset:
     """The Dataset to write: visitor-major, visitor-only chunks, text with a missing mask."""
     if isinstance(result, xr.Dataset):
         result = posterior(result)
-    if not isinstance(result, _BCFResult):
+    if not isinstance(result, BCFResult):
         raise TypeError(
             "to_zarr/to_netcdf take a pytyche result (or a posterior Dataset), got "
             f"{type(result).__name__}"

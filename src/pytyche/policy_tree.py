@@ -48,9 +48,9 @@ import pandas as pd
 import xarray as xr
 
 from ._tree_kernels import histogram, pair_histogram, posterior_mean_block
-from .analysis import _check_result, thompson_allocation
+from .analysis import thompson_allocation
 from .reduction import worker_threads
-from .results import VISITOR, _BCFResult
+from .results import VISITOR, BCFResult, check_posterior
 from .segments import Clause, DiscoveredSegment, SegmentRule
 from .summary import segment_summary
 
@@ -305,7 +305,7 @@ def _bin_features(
 # --------------------------------------------------------------------------- Γ̄
 
 
-def _posterior_mean_metric(result: _BCFResult):
+def _posterior_mean_metric(result: BCFResult):
     """Γ̄ (visitor, arm) float64: numpy, or a lazy dask array on a dask-backed posterior."""
     factors = [f.data for f in result.metric_factors()]
     ndim = factors[0].ndim
@@ -1228,7 +1228,7 @@ def _path_rule(path: list[tuple[Mapping[str, Any], str]]) -> SegmentRule:
 
 
 def fit_policy_tree(
-    posterior: _BCFResult,
+    posterior: BCFResult,
     *,
     max_depth: int = 3,
     min_segment_share: float | int = 0.1,
@@ -1318,7 +1318,7 @@ def fit_policy_tree(
     >>> sorted({segment.best_arm for segment in tree.segments})
     ['A', 'B', 'control']
     """
-    result = _check_result(posterior)
+    result = check_posterior(posterior)
     max_depth = _check_int(max_depth, "max_depth")
     if not 0 <= max_depth <= MAX_DEPTH:
         raise ValueError(f"max_depth must be between 0 and {MAX_DEPTH}, got {max_depth}")

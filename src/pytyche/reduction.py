@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ._kernels import atom_sums_block, atoms_to_segments, segment_sums_block, visitor_atoms
-from .results import VISITOR, _BCFResult
+from .results import VISITOR, BCFResult
 
 __all__ = ["segment_sums"]
 
@@ -31,7 +31,7 @@ NUMPY_BLOCK_BYTES = 32 * 2**20
 ATOM_BUDGET_BYTES = 256 * 2**20
 
 
-def segment_sums(result: _BCFResult, membership: xr.DataArray) -> xr.DataArray:
+def segment_sums(result: BCFResult, membership: xr.DataArray) -> xr.DataArray:
     """Sum the per-visitor metric over each segment's members.
 
     Parameters

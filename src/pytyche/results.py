@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ._validate import check_arm_names, check_choice
+
 __all__ = [
     "SCHEMA_VERSION",
+    "BCFResult",
     "BinaryBCFResult",
     "ContinuousBCFResult",
     "HurdleBCFResult",
+    "check_posterior",
     "posterior",
+    "posterior_dataset",
+    "result_type",
 ]
 
 SCHEMA_VERSION = 1
 VISITOR, DRAW, CHAIN, ARM = "visitor", "draw", "chain", "arm"
 
 
-class _BCFResult:
-    """A validated, read-only view of a posterior Dataset in the pytyche contract.
+class BCFResult:
+    """A validated, read-only view of a posterior Dataset in the pytyche contract (schema 1).
 
-    Subclasses name their family and the variables whose product is the per-visitor expected
+    The base class of :class:`BinaryBCFResult`, :class:`ContinuousBCFResult` and
+    :class:`HurdleBCFResult`, and the declared type of every ``posterior`` argument. Subclasses
+    name their family and the variables whose product is the per-visitor expected
     metric. Construction checks dims, coordinates and attributes only; it never loads the
     posterior's draws.
     """
@@ -36,7 +45,7 @@ class _BCFResult:
             raise TypeError(
                 f"{type(self).__name__} wraps an xarray.Dataset, got {type(dataset).__name__}"
             )
-        _validate(dataset, self.family, self.metric_variables)
+        _check_contract(dataset, self.family, self.metric_variables)
         self._dataset = dataset
 
     @property
@@ -132,21 +141,21 @@ class _BCFResult:
         return f"<{type(self).__name__} ({sizes}) arms={list(self.variants)}>"
 
 
-class BinaryBCFResult(_BCFResult):
+class BinaryBCFResult(BCFResult):
     """Posterior of a binary outcome: ``conversion`` = P(convert | visitor, arm)."""
 
     family = "binary"
     metric_variables = ("conversion",)
 
 
-class ContinuousBCFResult(_BCFResult):
+class ContinuousBCFResult(BCFResult):
     """Posterior of a continuous outcome: ``expected`` = E[outcome | visitor, arm]."""
 
     family = "continuous"
     metric_variables = ("expected",)
 
 
-class HurdleBCFResult(_BCFResult):
+class HurdleBCFResult(BCFResult):
     """Posterior of a hurdle outcome (e.g. revenue per visitor).
 
     ``conversion`` = P(convert | visitor, arm) and ``value`` = E[outcome | converted, visitor,
@@ -157,12 +166,12 @@ class HurdleBCFResult(_BCFResult):
     metric_variables = ("conversion", "value")
 
 
-RESULT_TYPES: dict[str, type[_BCFResult]] = {
+RESULT_TYPES: dict[str, type[BCFResult]] = {
     cls.family: cls for cls in (BinaryBCFResult, ContinuousBCFResult, HurdleBCFResult)
 }
 
 
-def posterior(dataset: xr.Dataset) -> _BCFResult:
+def posterior(dataset: xr.Dataset) -> BCFResult:
     """Wrap a posterior Dataset in the result type of its family.
 
     The family is the ``pytyche_family`` attribute when present, else inferred from the
@@ -200,14 +209,114 @@ def posterior(dataset: xr.Dataset) -> _BCFResult:
                 "cannot tell the posterior's family: no pytyche_family attribute and none of "
                 f"the family variables 'conversion', 'expected'; variables: {list(dataset)}"
             )
-    if family not in RESULT_TYPES:
-        raise ValueError(
-            f"unknown pytyche_family {family!r}; expected one of {sorted(RESULT_TYPES)}"
+    return result_type(family, name="pytyche_family")(dataset)
+
+
+def result_type(family: Any, *, name: str = "family") -> type[BCFResult]:
+    """The result class of a family name.
+
+    Parameters
+    ----------
+    family : {"binary", "continuous", "hurdle"}
+        The family.
+    name : str, default "family"
+        The argument's name, for the message.
+
+    Returns
+    -------
+    type
+        :class:`BinaryBCFResult`, :class:`ContinuousBCFResult` or :class:`HurdleBCFResult`.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
+    """
+    return RESULT_TYPES[check_choice(name, family, RESULT_TYPES)]
+
+
+def posterior_dataset(
+    family: str,
+    arms: Sequence[str],
+    variables: Mapping[str, tuple[Sequence[str], Any]],
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    coords: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Build a contract Dataset: the one builder every producer (fits, arrays, examples) uses.
+
+    Parameters
+    ----------
+    family : {"binary", "continuous", "hurdle"}
+        The family; it fixes the variables needed.
+    arms : sequence of str
+        Arm names, control first.
+    variables : mapping of str to (dims, array)
+        The family's variables, each with its dims (visitor, [chain,] draw, arm).
+    attrs : mapping, optional
+        More attributes (``pytyche_family`` and ``pytyche_schema`` are set here).
+    coords : mapping, optional
+        More coordinates (covariates along ``visitor``, ``variant``, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+        Validated against the contract.
+
+    Raises
+    ------
+    ValueError
+        When the variables do not make a posterior of ``family``.
+    """
+    cls = result_type(family)
+    dataset = xr.Dataset(
+        {name: (tuple(dims), data) for name, (dims, data) in variables.items()},
+        coords={ARM: np.array(check_arm_names(arms), dtype=object), **(coords or {})},
+        attrs={**(attrs or {}), "pytyche_family": cls.family, "pytyche_schema": SCHEMA_VERSION},
+    )
+    _check_contract(dataset, cls.family, cls.metric_variables)
+    return dataset
+
+
+def check_posterior(posterior: Any) -> BCFResult:
+    """A typed result that carries observed data, or a clear error.
+
+    Parameters
+    ----------
+    posterior : object
+        What a caller passed as ``posterior``.
+
+    Returns
+    -------
+    BCFResult
+        ``posterior`` itself.
+
+    Raises
+    ------
+    TypeError
+        When ``posterior`` is not one of the three result types (a bare Dataset included:
+        the message says how to wrap it).
+    ValueError
+        When it carries no observed data (no ``variant`` coordinate along ``visitor``).
+    """
+    if not isinstance(posterior, BCFResult):
+        hint = (
+            " (for a Dataset, call ds.tyche.thompson_allocation or wrap it with "
+            "pytyche.posterior(ds))"
+            if isinstance(posterior, xr.Dataset)
+            else ""
         )
-    return RESULT_TYPES[family](dataset)
+        names = ", ".join(cls.__name__ for cls in RESULT_TYPES.values())
+        raise TypeError(f"posterior must be one of {names}; got {type(posterior).__name__}{hint}")
+    if "variant" not in posterior.dataset.coords:  # no observed data (without building it)
+        raise ValueError(
+            "the posterior carries no observed data (no 'variant' coordinate along visitor), "
+            "so segment rules have no covariates to match"
+        )
+    return posterior
 
 
-def _validate(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
+def _check_contract(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
     """Check the contract from metadata alone (and the small ``variant`` labels in memory)."""
     declared = ds.attrs.get("pytyche_family", family)
     if declared != family:
@@ -250,12 +359,7 @@ def _validate(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
         raise ValueError(f"the posterior has no samples: {empty}; expected at least one draw")
     if ARM not in ds.coords:
         raise ValueError("the posterior has no 'arm' coordinate naming its variants")
-    arms = [str(a) for a in ds[ARM].values]
-    if len(arms) < 2:
-        raise ValueError(f"a posterior needs at least 2 arms (control first), got {arms}")
-    duplicates = sorted({a for a in arms if arms.count(a) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate arm names {duplicates} in the 'arm' coordinate {arms}")
+    arms = check_arm_names([str(a) for a in ds[ARM].values])
     if "variant" in ds.coords:
         variant = ds.coords["variant"]
         if variant.dims != (VISITOR,):
@@ -273,3 +377,7 @@ def check_variant_labels(labels, arms: list[str]) -> None:
         raise ValueError(
             f"'variant' holds values that are not arm names: {unknown[:10]}; arms are {arms}"
         )
+
+
+# Kept while reduction.py is being reworked; removed once nothing imports it.
+_BCFResult = BCFResult

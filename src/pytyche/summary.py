@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from numbers import Real
-
 import xarray as xr
 
-# The module, not its names: pytyche.analysis re-exports segment_summary, so this import may
-# run while analysis is still being initialised.
-from . import analysis
-from .results import ARM, VISITOR, _BCFResult
-from .segments import DiscoveredSegment
-
-Segments = Sequence[DiscoveredSegment] | Mapping[int, object]
+from ._validate import check_probability
+from .results import ARM, VISITOR, BCFResult
+from .statistics import Segments, posterior_and_membership, segment_statistics, win_counts
 
 __all__ = ["segment_summary"]
 
 
-def segment_summary(posterior: _BCFResult, segments: Segments, ci: float = 0.8) -> xr.Dataset:
+def segment_summary(posterior: BCFResult, segments: Segments, ci: float = 0.8) -> xr.Dataset:
     """Posterior summary of every arm in every segment, from one pass over the posterior.
 
     Each posterior sample gives every segment a segment-mean metric per arm (the mean over
@@ -79,14 +71,14 @@ def segment_summary(posterior: _BCFResult, segments: Segments, ci: float = 0.8) 
     >>> summary["prob_best"].sizes
     Frozen({'segment': 2, 'arm': 3})
     """
-    ci = _check_ci(ci)
-    result, member = analysis._result_and_membership(posterior, segments)
-    means, members, valid = analysis._segment_statistics(result, member)
+    ci = check_probability("ci", ci, low_open=True, high_open=True)
+    result, member = posterior_and_membership(posterior, segments)
+    means, members, valid = segment_statistics(result, member)
     sample_dims = list(result.sample_dims)
     n_visitors = result.dataset.sizes[VISITOR]
 
     contrast = means - means.isel({ARM: 0})
-    wins = analysis._win_counts(means, result.sample_dims)
+    wins = win_counts(means, result.sample_dims)
     # The same division as thompson_allocation's, so the two agree to the last digit.
     prob_best = (wins / result.n_samples).where(valid)
     # Quantiles need every sample of a segment in one block; the array is small. Rechunk the
@@ -115,12 +107,3 @@ def segment_summary(posterior: _BCFResult, segments: Segments, ci: float = 0.8) 
         attrs={"ci": ci, "n_samples": result.n_samples},
     )
     return summary.transpose("segment", ARM)
-
-
-def _check_ci(ci) -> float:
-    if isinstance(ci, bool) or not isinstance(ci, Real):
-        raise TypeError(f"ci must be a number in (0, 1), got {ci!r}")
-    ci = float(ci)
-    if math.isnan(ci) or not 0.0 < ci < 1.0:
-        raise ValueError(f"ci must be in (0, 1) (the mass of the central interval), got {ci!r}")
-    return ci

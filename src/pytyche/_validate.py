@@ -1,0 +1,182 @@
+"""Argument checkers: one per kind of argument, one exception type per kind of mistake.
+
+Leaf module: imports nothing of pytyche. A value of the wrong *type* (a float where a count
+belongs, a string where a number belongs) raises ``TypeError``; a value of the right type
+outside what is allowed raises ``ValueError``. Every message names the argument, shows the
+value and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from numbers import Integral, Real
+from typing import Any
+
+__all__ = [
+    "check_arm_names",
+    "check_choice",
+    "check_count",
+    "check_probability",
+]
+
+
+def check_count(name: str, value: Any, *, minimum: int = 0) -> int:
+    """An integer argument (a count, a depth, a seed) as a Python ``int``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        The value given.
+    minimum : int, default 0
+        The smallest value allowed.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is not an integer (``bool`` included: ``True`` is no count).
+    ValueError
+        When ``value`` is below ``minimum``.
+
+    Examples
+    --------
+    >>> check_count("n_draws", 200, minimum=1)
+    200
+    >>> check_count("n_draws", 2.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: n_draws must be an integer, got 2.5 (float)
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_probability(
+    name: str, value: Any, *, low_open: bool = False, high_open: bool = False, why: str = ""
+) -> float:
+    """A real number in [0, 1] (ends excluded as asked) as a Python ``float``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        The value given.
+    low_open, high_open : bool, default False
+        Exclude 0, or 1, from the allowed range.
+    why : str, optional
+        Appended to the range error: why the range is what it is.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is not a real number (``bool`` included).
+    ValueError
+        When ``value`` is NaN or outside the range.
+
+    Examples
+    --------
+    >>> check_probability("ci", 0.8, low_open=True, high_open=True)
+    0.8
+    >>> check_probability("ci", 1.0, low_open=True, high_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: ci must be in (0, 1), got 1.0
+    """
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(
+            f"{name} must be a real number in {interval}, got {value!r} ({type(value).__name__})"
+        )
+    number = float(value)
+    inside = (
+        not math.isnan(number)
+        and (0.0 < number if low_open else 0.0 <= number)
+        and (number < 1.0 if high_open else number <= 1.0)
+    )
+    if not inside:
+        raise ValueError(f"{name} must be in {interval}, got {value!r}{why}")
+    return number
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """One of a fixed set of strings.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        The value given.
+    choices : iterable of str
+        The allowed values.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is not one of ``choices``.
+
+    Examples
+    --------
+    >>> check_choice("family", "binary", ("binary", "continuous", "hurdle"))
+    'binary'
+    """
+    allowed = list(choices)
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_arm_names(arms: Any) -> list[str]:
+    """Arm names, control first: non-empty strings, at least 2, no duplicates.
+
+    Parameters
+    ----------
+    arms : sequence of str
+        Arm names, control first.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ValueError
+        For a single string, a name that is not a non-empty string, fewer than 2 arms, or
+        duplicate names.
+
+    Examples
+    --------
+    >>> check_arm_names(("control", "A"))
+    ['control', 'A']
+    """
+    if isinstance(arms, str):
+        raise ValueError(f"arms must be a sequence of arm names, got the single string {arms!r}")
+    arms = list(arms)
+    for name in arms:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"arm names must be non-empty strings, got {name!r} in {arms}")
+    arms = [str(name) for name in arms]  # numpy str_ → str
+    if len(arms) < 2:
+        raise ValueError(f"an experiment needs at least 2 arms (control first), got {arms}")
+    duplicates = sorted({a for a in arms if arms.count(a) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate arm names {duplicates} in {arms}")
+    return arms

@@ -1,0 +1,151 @@
+"""The xarray layer of every segment-level answer: segment means, member counts, win counts.
+
+Each function stays lazy on dask input; the public functions of :mod:`pytyche.analysis`,
+:mod:`pytyche.summary` and :mod:`pytyche.decisions` compose them and compute once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .reduction import segment_sums
+from .results import ARM, BCFResult, check_posterior
+from .segments import DiscoveredSegment, as_segments, membership
+
+__all__ = [
+    "Segments",
+    "check_members",
+    "posterior_and_membership",
+    "segment_statistics",
+    "win_counts",
+]
+
+#: Segments as every public function takes them: a sequence, or a mapping ``{id: rule}``.
+Segments = Sequence[DiscoveredSegment] | Mapping[int, Any]
+
+
+def posterior_and_membership(posterior: Any, segments: Segments) -> tuple[BCFResult, xr.DataArray]:
+    """Check the posterior and evaluate the segments' rules on its observed data.
+
+    Parameters
+    ----------
+    posterior : BCFResult
+        A posterior carrying observed data.
+    segments : sequence of DiscoveredSegment, or mapping of id to rule
+        The segments.
+
+    Returns
+    -------
+    result : BCFResult
+        ``posterior``, checked.
+    membership : xarray.DataArray
+        Boolean (segment, visitor), lazy when the covariates are.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pytyche.results.check_posterior` and :func:`pytyche.membership`.
+    """
+    result = check_posterior(posterior)
+    observed = result.observed
+    assert observed is not None  # check_posterior ensured it
+    return result, membership(as_segments(segments), observed)
+
+
+def segment_statistics(
+    result: BCFResult, member: xr.DataArray, check_empty: bool = False
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """Segment means, member counts and a per-segment "usable" flag, from one pass.
+
+    Parameters
+    ----------
+    result : BCFResult
+        The posterior.
+    member : xarray.DataArray
+        Boolean (segment, visitor) membership.
+    check_empty : bool, default False
+        Raise before the pass over the posterior for a segment without members, when the
+        membership is in memory (its counts are then known without a compute).
+
+    Returns
+    -------
+    means : xarray.DataArray
+        float64 (segment, sample dims..., arm) segment-mean metric; NaN for unusable segments.
+    members : xarray.DataArray
+        int64 (segment,) member counts.
+    valid : xarray.DataArray
+        bool (segment,): the segment has members and all its members' draws are finite.
+
+    Raises
+    ------
+    ValueError
+        With ``check_empty``, for a segment without members (as :func:`check_members`).
+    """
+    members = member.sum("visitor", dtype=np.int64).rename("members")
+    if check_empty and members.chunks is None:
+        check_members(member, members.values)
+    sums = segment_sums(result, member)
+    # Empty or non-finite segments become NaN before any arithmetic that would warn on them.
+    valid = np.isfinite(sums).all([d for d in sums.dims if d != "segment"]) & (members > 0)
+    means = (sums / members.where(members > 0)).where(valid).rename("segment_mean")
+    return means, members, valid
+
+
+def win_counts(means: xr.DataArray, sample_dims: Sequence[str]) -> xr.DataArray:
+    """(segment, arm) count of samples in which each arm has the largest mean contrast.
+
+    Control's contrast is exactly zero and ``argmax`` takes the first maximum, so control
+    wins unless some treatment's contrast is strictly positive.
+
+    Parameters
+    ----------
+    means : xarray.DataArray
+        (segment, sample dims..., arm) segment means, control first along ``arm``.
+    sample_dims : sequence of str
+        The dims over which samples vote.
+
+    Returns
+    -------
+    xarray.DataArray
+        int64 (segment, arm) win counts, lazy when ``means`` is.
+    """
+    contrast = means - means.isel({ARM: 0})
+    winner = contrast.argmax(ARM, skipna=False)
+    arm_index = xr.DataArray(np.arange(means.sizes[ARM]), dims=ARM, coords={ARM: means[ARM]})
+    return (winner == arm_index).sum(list(sample_dims), dtype=np.int64).rename("wins")
+
+
+def check_members(member: xr.DataArray, counts: np.ndarray, valid: np.ndarray | None = None):
+    """Raise ValueError for the first segment with no members or with non-finite draws.
+
+    Parameters
+    ----------
+    member : xarray.DataArray
+        The (segment, visitor) membership, for the segments' ids and rules.
+    counts : numpy.ndarray
+        Computed member counts per segment.
+    valid : numpy.ndarray, optional
+        Computed "usable" flags per segment (see :func:`segment_statistics`).
+
+    Raises
+    ------
+    ValueError
+        Naming the segment, its rule and what is wrong.
+    """
+    for index, (segment_id, rule) in enumerate(
+        zip(member["segment"].values, member["rule"].values, strict=True)
+    ):
+        if counts[index] == 0:
+            raise ValueError(
+                f"segment {int(segment_id)} ({rule}) matches zero visitors: its mean over "
+                "members is undefined; drop it or widen its rule"
+            )
+        if valid is not None and not valid[index]:
+            raise ValueError(
+                f"segment {int(segment_id)} ({rule}): a member's posterior draws contain NaN "
+                "or infinity; check the posterior"
+            )
