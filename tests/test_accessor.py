@@ -10,7 +10,7 @@ import xarray as xr
 import pytyche as pt
 from pytyche.accessor import TycheAccessor
 
-from conftest import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset
+from helpers import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset
 
 
 @pytest.mark.parametrize("family", ["binary", "continuous", "hurdle"])

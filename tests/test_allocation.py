@@ -11,7 +11,7 @@ import xarray as xr
 import pytyche as pt
 from pytyche._kernels import apply_exploration_floor
 
-from conftest import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset, random_result
+from helpers import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset, random_result
 from reference import reference_allocation
 
 

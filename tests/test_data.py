@@ -134,7 +134,8 @@ def test_observed_data_rejects_duplicate_arms_ids_and_unsupported_dtypes():
     f = frames()
     for frame in f.values():
         frame["when"] = pd.Timestamp("2024-01-01")
-    with pytest.raises(ValueError, match="arm 'control', covariate 'when': unsupported dtype"):
+    # A wrong dtype is a TypeError everywhere a covariate is read (rules, trees, observed data).
+    with pytest.raises(TypeError, match="arm 'control': covariate 'when' has unsupported dtype"):
         pt.observed_data(f, "spend")
     f = frames()
     f["A"]["returning"] = pd.array([True, pd.NA], dtype="boolean")

@@ -19,8 +19,9 @@ import xarray as xr
 import zarr
 
 import pytyche as pt
+from pytyche.data import visitor_chunk
 
-from conftest import counting_scheduler, random_dataset
+from helpers import counting_scheduler, random_dataset
 
 io_module = importlib.import_module("pytyche.io")
 
@@ -78,11 +79,10 @@ def test_fit_round_trip_through_zarr(tmp_path):
     assert json.loads(opened.dataset.attrs["pytyche_fit"])["backend"] == "stochtree"
 
 
-def test_zarr_chunks_are_visitor_major_and_open_aligns_to_them(tmp_path, monkeypatch):
+def test_zarr_chunks_are_visitor_major_and_open_aligns_to_them(tmp_path):
     ds = random_dataset("binary", n_visitors=100, n_draws=10, dtype=np.float32)
-    monkeypatch.setattr(io_module, "CHUNK_BYTES", 10 * 10 * 3 * 4)
-    path = pt.to_zarr(pt.posterior(ds), tmp_path / "s.zarr")
-    monkeypatch.undo()
+    with pt.set_options(chunk_bytes=10 * 10 * 3 * 4):
+        path = pt.to_zarr(pt.posterior(ds), tmp_path / "s.zarr")
     stored = zarr.open_array(path / "conversion", mode="r")
     assert stored.chunks == (10, 10, 3)
     opened = pt.open_posterior(path)
@@ -132,13 +132,12 @@ def failing_result(ds: xr.Dataset) -> pt.BinaryBCFResult:
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_failed_write_leaves_the_old_store(tmp_path, fmt, monkeypatch):
+def test_failed_write_leaves_the_old_store(tmp_path, fmt):
     write, name = FORMATS[fmt]
     old = random_dataset("binary", seed=1, dtype=np.float32)
     path = write(pt.posterior(old), tmp_path / name)
     new = failing_result(random_dataset("binary", seed=2, dtype=np.float32))
-    monkeypatch.setattr(io_module, "CHUNK_BYTES", 20 * 40 * 3 * 4)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pt.set_options(chunk_bytes=20 * 40 * 3 * 4), pytest.raises(RuntimeError, match="fire"):
         write(new, path, overwrite=True)
     xr.testing.assert_identical(pt.open_posterior(path).dataset.compute(), old)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
@@ -148,9 +147,9 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     import dask, dask.array as da, numpy as np
-    import pytyche as pt, pytyche.io as io
+    import pytyche as pt
 
-    io.CHUNK_BYTES = 2_000 * 50 * 3 * 4  # many small chunks: a long write to interrupt
+    pt.set_options(chunk_bytes=2_000 * 50 * 3 * 4)  # many small chunks: a long write to interrupt
 
     def slow(x):
         time.sleep(0.05)
@@ -383,10 +382,10 @@ def chunk_files(path: Path, name: str) -> list[Path]:
     return sorted(p for p in (path / name).rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
-def test_deleted_zarr_chunk_is_an_error_at_open(tmp_path, monkeypatch):
+def test_deleted_zarr_chunk_is_an_error_at_open(tmp_path):
     ds = random_dataset("hurdle", n_visitors=100, n_draws=10, dtype=np.float32)
-    monkeypatch.setattr(io_module, "CHUNK_BYTES", 10 * 10 * 3 * 4)
-    path = pt.to_zarr(pt.posterior(ds), tmp_path / "d.zarr")
+    with pt.set_options(chunk_bytes=10 * 10 * 3 * 4):
+        path = pt.to_zarr(pt.posterior(ds), tmp_path / "d.zarr")
     chunks = chunk_files(path, "value")
     assert len(chunks) == 10  # every chunk written
     chunks[3].unlink()
@@ -422,22 +421,21 @@ def test_scrambled_netcdf_data_fails_the_checksum(tmp_path):
         _ = opened.dataset["conversion"].values
 
 
-def test_open_auto_chunks_by_bytes_in_whole_stored_chunks(tmp_path, monkeypatch):
+def test_open_auto_chunks_by_bytes_in_whole_stored_chunks(tmp_path):
     ds = random_dataset("binary", n_visitors=100, n_draws=10, dtype=np.float32)
     per_visitor = 10 * 3 * 4
-    monkeypatch.setattr(io_module, "CHUNK_BYTES", 10 * per_visitor)
-    path = pt.to_zarr(pt.posterior(ds), tmp_path / "s.zarr")  # stored chunks: 10 visitors
+    with pt.set_options(chunk_bytes=10 * per_visitor):
+        path = pt.to_zarr(pt.posterior(ds), tmp_path / "s.zarr")  # stored chunks: 10 visitors
     # 45 visitors' worth of bytes: rounded down to whole stored chunks, 40 visitors.
-    monkeypatch.setattr(io_module, "CHUNK_BYTES", 45 * per_visitor)
-    chunks = pt.open_posterior(path).dataset["conversion"].data.chunks
+    with pt.set_options(chunk_bytes=45 * per_visitor):
+        chunks = pt.open_posterior(path).dataset["conversion"].data.chunks
     assert chunks == ((40, 40, 20), (10,), (3,))
     # Less than one stored chunk's worth: one stored chunk, never a part of one.
-    monkeypatch.setattr(io_module, "CHUNK_BYTES", 3 * per_visitor)
-    assert pt.open_posterior(path).dataset["conversion"].data.chunks[0] == (10,) * 10
-    monkeypatch.undo()
+    with pt.set_options(chunk_bytes=3 * per_visitor):
+        assert pt.open_posterior(path).dataset["conversion"].data.chunks[0] == (10,) * 10
     # At the default target, a realistic posterior gets chunks in the contract's 64-256 MB.
     for shape in [(1_000_000, 1_000, 4), (200_000, 4_000, 10), (50_000, 2, 500, 3)]:
-        rows = io_module.visitor_chunk(shape, 4, io_module.CHUNK_BYTES)
+        rows = visitor_chunk(shape, 4)
         assert 64 * 2**20 <= rows * np.prod(shape[1:]) * 4 <= 256 * 2**20, shape
 
 

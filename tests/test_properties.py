@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import pytyche as pt
 
-from conftest import random_dataset
+from helpers import random_dataset
 
 CANDIDATE_RULES = [
     "everyone",

@@ -8,7 +8,7 @@ import xarray as xr
 
 import pytyche as pt
 
-from conftest import counting_scheduler, random_dataset
+from helpers import counting_scheduler, random_dataset
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def test_posterior_without_family_variables():
     ds = random_dataset("continuous").rename({"expected": "mu"}).drop_attrs()
     with pytest.raises(ValueError, match="cannot tell the posterior's family"):
         pt.posterior(ds)
-    with pytest.raises(ValueError, match="unknown pytyche_family 'poisson'"):
+    with pytest.raises(ValueError, match=r"pytyche_family must be one of \[.*\], got 'poisson'"):
         pt.posterior(ds.assign_attrs(pytyche_family="poisson"))
 
 

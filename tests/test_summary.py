@@ -8,7 +8,7 @@ import xarray as xr
 
 import pytyche as pt
 
-from conftest import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset
+from helpers import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset
 from reference import reference_members, reference_metric
 
 VARIABLES = (

@@ -2,9 +2,16 @@
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.tyche)
 from . import analysis
+from ._config import get_options, set_options
 from .analysis import membership, segment_means, thompson_allocation, win_frequencies
 from .examples import example_posterior
-from .results import BinaryBCFResult, ContinuousBCFResult, HurdleBCFResult, posterior
+from .results import (
+    BCFResult,
+    BinaryBCFResult,
+    ContinuousBCFResult,
+    HurdleBCFResult,
+    posterior,
+)
 from .segments import Clause, DiscoveredSegment, SegmentRule, as_segments
 
 # -- posteriors from experiment data: observed data, simulator, BCF fits, persistence --
@@ -22,6 +29,7 @@ from .summary import segment_summary
 __version__ = "0.1.0"
 
 __all__ = [
+    "BCFResult",
     "BinaryBCFResult",
     "Clause",
     "ContinuousBCFResult",
@@ -40,6 +48,7 @@ __all__ = [
     "fit_policy_tree",
     "from_arrays",
     "from_inference_data",
+    "get_options",
     "membership",
     "observed_data",
     "open_posterior",
@@ -47,6 +56,7 @@ __all__ = [
     "posterior",
     "segment_means",
     "segment_summary",
+    "set_options",
     "simulate_experiment",
     "thompson_allocation",
     "to_netcdf",

@@ -20,7 +20,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .results import ARM, CHAIN, DRAW, RESULT_TYPES, SCHEMA_VERSION, VISITOR, BCFResult
+from ._config import get_options
+from ._validate import check_arm_names
+from .results import ARM, CHAIN, DRAW, VISITOR, BCFResult, posterior_dataset, result_type
+from .segments import covariate_kind, covariate_names
 
 __all__ = ["from_arrays", "from_inference_data", "observed_data"]
 
@@ -29,8 +32,6 @@ OUTCOME = "outcome"
 VARIANT = "variant"
 # Names the observed Dataset uses itself; a covariate may not take them.
 RESERVED = frozenset({VISITOR, VARIANT, OUTCOME, ARM, DRAW, CHAIN})
-# Target size of one dask chunk of a posterior variable (the contract asks for 64-256 MB).
-CHUNK_BYTES = 128 * 2**20
 
 
 # --------------------------------------------------------------------------- observed data
@@ -178,33 +179,20 @@ def _arm_frames(frames) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def _column_kind(series: pd.Series) -> str:
-    dtype = series.dtype
-    if isinstance(dtype, pd.CategoricalDtype):
+def _column_kind(arm: str, name: str, column: pd.Series) -> str:
+    # Categories are labels whatever their dtype: a categorical column is text.
+    if isinstance(column.dtype, pd.CategoricalDtype):
         return "text"
-    if pd.api.types.is_bool_dtype(dtype):
-        return "bool"
-    if pd.api.types.is_numeric_dtype(dtype):
-        return "number"
-    if pd.api.types.is_string_dtype(dtype):
-        # Object columns count as text only when every present value is a str.
-        present = series[series.notna()]
-        if all(isinstance(v, str) for v in present):
-            return "text"
-        kinds = sorted({type(v).__name__ for v in present if not isinstance(v, str)})
-        return f"object holding {', '.join(kinds)}"
-    return str(dtype)
+    try:
+        return covariate_kind(column, name)
+    except TypeError as error:
+        raise TypeError(f"arm {arm!r}: {error}") from None
 
 
 def _stack_covariate(name: str, pairs) -> np.ndarray:
-    kinds = {arm: _column_kind(frame[name]) for arm, frame in pairs}
+    kinds = {arm: _column_kind(arm, name, frame[name]) for arm, frame in pairs}
     first_arm = pairs[0][0]
     for arm, kind in kinds.items():
-        if kind not in ("text", "number", "bool"):
-            raise ValueError(
-                f"arm {arm!r}, covariate {name!r}: unsupported dtype ({kind}); covariates must "
-                "be numeric, boolean, text or pandas categorical"
-            )
         if kind != kinds[first_arm]:
             raise ValueError(
                 f"covariate {name!r} is {kinds[first_arm]} in arm {first_arm!r} but {kind} in "
@@ -281,7 +269,8 @@ def _stack_ids(pairs) -> np.ndarray:
         ids = frame[VISITOR_ID]
         if ids.isna().any():
             raise ValueError(f"arm {arm!r}: column {VISITOR_ID!r} has missing ids")
-        values = ids.to_numpy(dtype=object if _column_kind(ids) == "text" else None)
+        text = _column_kind(arm, VISITOR_ID, ids) == "text"
+        values = ids.to_numpy(dtype=object if text else None)
         for value in values:
             key = value.item() if isinstance(value, np.generic) else value
             if key in owners:
@@ -303,11 +292,7 @@ def observed_variables(observed: xr.Dataset) -> dict[str, xr.Variable]:
     Accepts both the coordinates-only Dataset of :func:`observed_data` and the data-variable
     Dataset a result's ``.observed`` returns.
     """
-    return {
-        str(name): var
-        for name, var in observed.variables.items()
-        if var.dims == (VISITOR,) and name != VISITOR
-    }
+    return {name: observed.variables[name] for name in covariate_names(observed)}
 
 
 def check_observed(observed: xr.Dataset, arms: Sequence[str] | None = None) -> list[str]:
@@ -371,7 +356,7 @@ def attach_observed(dataset: xr.Dataset, observed: xr.Dataset) -> xr.Dataset:
     return dataset.assign_coords(coords)
 
 
-def visitor_chunk(shape: Sequence[int], itemsize: int, target_bytes: int = CHUNK_BYTES) -> int:
+def visitor_chunk(shape: Sequence[int], itemsize: int, target_bytes: int | None = None) -> int:
     """Visitors per chunk so that one chunk of an array is about ``target_bytes``.
 
     Parameters
@@ -380,14 +365,17 @@ def visitor_chunk(shape: Sequence[int], itemsize: int, target_bytes: int = CHUNK
         The array's shape, visitor first.
     itemsize : int
         Bytes per element.
-    target_bytes : int, default CHUNK_BYTES (128 MiB)
-        Target chunk size.
+    target_bytes : int, optional
+        Target chunk size; default: the ``chunk_bytes`` option (128 MiB, see
+        :func:`pytyche.set_options`).
 
     Returns
     -------
     int
         Between 1 and the number of visitors (1 for an array without visitors).
     """
+    if target_bytes is None:
+        target_bytes = get_options()["chunk_bytes"]
     shape = tuple(int(n) for n in shape)
     per_visitor = int(np.prod(shape[1:], dtype=np.int64)) * int(itemsize)
     rows = int(target_bytes // max(1, per_visitor))
@@ -443,7 +431,7 @@ def from_arrays(
         non-real dtypes, or in-memory values out of range (``conversion`` outside [0, 1],
         negative ``value``, NaN or infinity).
     """
-    cls = _family_class(family)
+    cls = result_type(family)
     arms = check_arm_names(arms)
     wanted = cls.metric_variables
     missing = [name for name in wanted if name not in variables]
@@ -528,7 +516,7 @@ def from_inference_data(
     TypeError
         When no ``posterior`` group can be found.
     """
-    cls = _family_class(family)
+    cls = result_type(family)
     group = _posterior_group(inference_data)
     names = dict(variables or {})
     unknown = sorted(set(names) - set(cls.metric_variables))
@@ -595,45 +583,6 @@ def _posterior_group(inference_data) -> xr.Dataset:
     )
 
 
-def _family_class(family: str) -> type[BCFResult]:
-    if family not in RESULT_TYPES:
-        raise ValueError(f"family must be one of {sorted(RESULT_TYPES)}, got {family!r}")
-    return RESULT_TYPES[family]
-
-
-def check_arm_names(arms) -> list[str]:
-    """Validate arm names (non-empty strings, at least 2, no duplicates); return them as a list.
-
-    Parameters
-    ----------
-    arms : sequence of str
-        Arm names, control first.
-
-    Returns
-    -------
-    list of str
-
-    Raises
-    ------
-    ValueError
-        For a single string, a name that is not a non-empty string, fewer than 2 arms, or
-        duplicate names.
-    """
-    if isinstance(arms, str):
-        raise ValueError(f"arms must be a sequence of arm names, got the single string {arms!r}")
-    arms = list(arms)
-    for name in arms:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"arm names must be non-empty strings, got {name!r} in {arms}")
-    arms = [str(name) for name in arms]  # numpy str_ → str
-    if len(arms) < 2:
-        raise ValueError(f"an experiment needs at least 2 arms (control first), got {arms}")
-    duplicates = sorted({a for a in arms if arms.count(a) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate arm names {duplicates} in {arms}")
-    return arms
-
-
 def _as_array(name: str, value, arms: list[str]):
     if isinstance(value, xr.DataArray):
         value = _contract_order(name, value, arms)
@@ -695,11 +644,7 @@ def _build_result(cls, arms, dims, arrays, observed, chunks, dtype) -> BCFResult
             array = array.astype(dtype)
         array = _chunk(array, chunks)
         data_vars[name] = (dims, array)
-    ds = xr.Dataset(
-        data_vars,
-        coords={ARM: np.array(arms, dtype=object)},
-        attrs={"pytyche_family": cls.family, "pytyche_schema": SCHEMA_VERSION},
-    )
+    ds = posterior_dataset(cls.family, arms, data_vars)
     if observed is not None:
         ds = attach_observed(ds, observed)
     return cls(ds)

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
-import xarray as xr
 
-from .results import RESULT_TYPES, SCHEMA_VERSION, BCFResult
+from ._validate import check_arm_names
+from .results import BCFResult, posterior_dataset, result_type
 
 __all__ = ["example_posterior"]
 
@@ -62,11 +62,8 @@ def example_posterior(
     -------
     HurdleBCFResult or BinaryBCFResult or ContinuousBCFResult
     """
-    if family not in RESULT_TYPES:
-        raise ValueError(f"family must be one of {sorted(RESULT_TYPES)}, got {family!r}")
-    arms = [str(a) for a in arms]
-    if len(arms) < 2:
-        raise ValueError(f"need at least 2 arms, got {arms}")
+    cls = result_type(family)
+    arms = check_arm_names(arms)
     rng = np.random.default_rng([seed, 0])
     device_index = rng.choice(len(DEVICES), size=n_visitors, p=[0.5, 0.35, 0.15])
     device = DEVICES[device_index]
@@ -81,7 +78,7 @@ def example_posterior(
     group_shift = rng.normal(0.0, 0.08, size=(*sample_shape, len(arms), len(DEVICES)))
     group_shift[..., 0, :] = 0.0
 
-    variables = list(RESULT_TYPES[family].metric_variables)
+    variables = list(cls.metric_variables)
 
     def block(lo: int, hi: int, name: str) -> np.ndarray:
         shift = np.moveaxis(group_shift[..., device_index[lo:hi]], -1, 0)
@@ -105,18 +102,18 @@ def example_posterior(
         else:
             data = _lazy(block, name, shape, chunks, dtype)
         data_vars[name] = (("visitor", *sample_dims, "arm"), data)
-    ds = xr.Dataset(
+    ds = posterior_dataset(
+        family,
+        arms,
         data_vars,
         coords={
-            "arm": arms,
             "variant": ("visitor", variant),
             "device": ("visitor", device),
             "age": ("visitor", age),
             "returning": ("visitor", returning),
         },
-        attrs={"pytyche_family": family, "pytyche_schema": SCHEMA_VERSION},
     )
-    return RESULT_TYPES[family](ds)
+    return cls(ds)
 
 
 def _base(name: str) -> float:

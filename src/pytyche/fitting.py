@@ -35,8 +35,9 @@ import pandas as pd
 import xarray as xr
 from scipy.special import ndtr
 
+from ._config import get_options
+from ._validate import check_count
 from .data import (
-    CHUNK_BYTES,
     OUTCOME,
     VARIANT,
     arm_codes,
@@ -49,12 +50,12 @@ from .results import (
     ARM,
     CHAIN,
     DRAW,
-    SCHEMA_VERSION,
     VISITOR,
     BCFResult,
     BinaryBCFResult,
     ContinuousBCFResult,
     HurdleBCFResult,
+    posterior_dataset,
 )
 
 __all__ = ["fit", "fit_binary_bcf", "fit_continuous_bcf", "fit_hurdle_bcf"]
@@ -128,7 +129,28 @@ def infer_family(outcome: np.ndarray) -> str:
     return "continuous"
 
 
-_OPTIONS_DOC = """
+def fit_binary_bcf(
+    observed: xr.Dataset,
+    *,
+    propensity=None,
+    n_draws: int = 200,
+    n_chains: int = 1,
+    n_warmstart: int = 10,
+    n_burnin: int = 0,
+    n_trees_mu: int = 200,
+    n_trees_tau: int = 50,
+    seed: int = 0,
+    num_threads: int = -1,
+    progress: bool = True,
+    stochtree_options: Mapping | None = None,
+    chunk_bytes: int | None = None,
+) -> BinaryBCFResult:
+    """Fit a probit BCF to a 0/1 outcome: ``conversion[k] = Φ(μ(x) + τ_k(x))`` per draw.
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        Observed data, as from :func:`pytyche.observed_data`, with a 0/1 ``outcome``.
     propensity : sequence of float, mapping of arm to float, or array (visitor, arm), optional
         Randomization probabilities of the arms: one share per arm (control first), or one row
         per visitor. Default: the observed arm shares. Never estimated by a model.
@@ -155,33 +177,9 @@ _OPTIONS_DOC = """
     stochtree_options : mapping, optional
         Extra stochtree settings, merged over pytyche's: keys ``general_params``,
         ``prognostic_forest_params``, ``treatment_effect_forest_params``.
-    chunk_bytes : int, default 128 MiB
-        Target size of one dask chunk of each posterior variable (split along visitor)."""
-
-
-def fit_binary_bcf(
-    observed: xr.Dataset,
-    *,
-    propensity=None,
-    n_draws: int = 200,
-    n_chains: int = 1,
-    n_warmstart: int = 10,
-    n_burnin: int = 0,
-    n_trees_mu: int = 200,
-    n_trees_tau: int = 50,
-    seed: int = 0,
-    num_threads: int = -1,
-    progress: bool = True,
-    stochtree_options: Mapping | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> BinaryBCFResult:
-    """Fit a probit BCF to a 0/1 outcome: ``conversion[k] = Φ(μ(x) + τ_k(x))`` per draw.
-
-    Parameters
-    ----------
-    observed : xarray.Dataset
-        Observed data, as from :func:`pytyche.observed_data`, with a 0/1 ``outcome``.
-    {options}
+    chunk_bytes : int, optional
+        Target size of one dask chunk of each posterior variable (split along visitor);
+        default: the ``chunk_bytes`` option (128 MiB, see :func:`pytyche.set_options`).
 
     Returns
     -------
@@ -227,7 +225,7 @@ def fit_continuous_bcf(
     num_threads: int = -1,
     progress: bool = True,
     stochtree_options: Mapping | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> ContinuousBCFResult:
     """Fit a Gaussian BCF to a continuous outcome: ``expected[k] = μ(x) + τ_k(x)`` per draw.
 
@@ -235,7 +233,35 @@ def fit_continuous_bcf(
     ----------
     observed : xarray.Dataset
         Observed data, as from :func:`pytyche.observed_data`.
-    {options}
+    propensity : sequence of float, mapping of arm to float, or array (visitor, arm), optional
+        Randomization probabilities of the arms: one share per arm (control first), or one row
+        per visitor. Default: the observed arm shares. Never estimated by a model.
+    n_draws : int, default 200
+        Posterior draws kept per chain.
+    n_chains : int, default 1
+        Independent MCMC chains, each started from its own warm-start forest; more than 1 adds
+        a ``chain`` dim beside ``draw``.
+    n_warmstart : int, default 10
+        Grow-from-root (XBART) sweeps that initialize the chains (raised to ``n_chains`` if
+        lower); 0 starts MCMC from root.
+    n_burnin : int, default 0
+        MCMC iterations discarded after the warm start.
+    n_trees_mu : int, default 200
+        Trees in the prognostic forest μ(x).
+    n_trees_tau : int, default 50
+        Trees in the treatment-effect forest τ(x).
+    seed : int, default 0
+        Random seed: the same seed and data give an identical posterior.
+    num_threads : int, default -1
+        Sampler threads; -1 uses all cores.
+    progress : bool, default True
+        Print progress lines to stderr for model fits that take more than a few seconds.
+    stochtree_options : mapping, optional
+        Extra stochtree settings, merged over pytyche's: keys ``general_params``,
+        ``prognostic_forest_params``, ``treatment_effect_forest_params``.
+    chunk_bytes : int, optional
+        Target size of one dask chunk of each posterior variable (split along visitor);
+        default: the ``chunk_bytes`` option (128 MiB, see :func:`pytyche.set_options`).
 
     Returns
     -------
@@ -269,7 +295,7 @@ def fit_hurdle_bcf(
     num_threads: int = -1,
     progress: bool = True,
     stochtree_options: Mapping | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> HurdleBCFResult:
     """Fit a hurdle posterior to a non-negative outcome with many zeros (e.g. revenue).
 
@@ -283,7 +309,35 @@ def fit_hurdle_bcf(
     ----------
     observed : xarray.Dataset
         Observed data, as from :func:`pytyche.observed_data`, with an outcome >= 0.
-    {options}
+    propensity : sequence of float, mapping of arm to float, or array (visitor, arm), optional
+        Randomization probabilities of the arms: one share per arm (control first), or one row
+        per visitor. Default: the observed arm shares. Never estimated by a model.
+    n_draws : int, default 200
+        Posterior draws kept per chain.
+    n_chains : int, default 1
+        Independent MCMC chains, each started from its own warm-start forest; more than 1 adds
+        a ``chain`` dim beside ``draw``.
+    n_warmstart : int, default 10
+        Grow-from-root (XBART) sweeps that initialize the chains (raised to ``n_chains`` if
+        lower); 0 starts MCMC from root.
+    n_burnin : int, default 0
+        MCMC iterations discarded after the warm start.
+    n_trees_mu : int, default 200
+        Trees in the prognostic forest μ(x).
+    n_trees_tau : int, default 50
+        Trees in the treatment-effect forest τ(x).
+    seed : int, default 0
+        Random seed: the same seed and data give an identical posterior.
+    num_threads : int, default -1
+        Sampler threads; -1 uses all cores.
+    progress : bool, default True
+        Print progress lines to stderr for model fits that take more than a few seconds.
+    stochtree_options : mapping, optional
+        Extra stochtree settings, merged over pytyche's: keys ``general_params``,
+        ``prognostic_forest_params``, ``treatment_effect_forest_params``.
+    chunk_bytes : int, optional
+        Target size of one dask chunk of each posterior variable (split along visitor);
+        default: the ``chunk_bytes`` option (128 MiB, see :func:`pytyche.set_options`).
 
     Returns
     -------
@@ -332,10 +386,6 @@ def fit_hurdle_bcf(
     return setup.result(HurdleBCFResult, {"conversion": conversion, "value": value})
 
 
-for _function in (fit_binary_bcf, fit_continuous_bcf, fit_hurdle_bcf):
-    _function.__doc__ = _function.__doc__.replace("    {options}", _OPTIONS_DOC.strip("\n"))
-
-
 # --------------------------------------------------------------------------- implementation
 
 _OPTION_NAMES = (
@@ -355,19 +405,14 @@ _OPTION_NAMES = (
 
 def _options(arguments: dict) -> dict:
     options = {name: arguments[name] for name in _OPTION_NAMES}
-    positive = ("n_draws", "n_chains", "n_trees_mu", "n_trees_tau", "chunk_bytes")
-    for name in (*positive, "n_warmstart", "n_burnin", "seed", "num_threads"):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        options[name] = int(value)
-    for name in positive:
-        if options[name] < 1:
-            raise ValueError(f"{name} must be at least 1, got {options[name]}")
+    if options["chunk_bytes"] is None:
+        options["chunk_bytes"] = get_options()["chunk_bytes"]
+    for name in ("n_draws", "n_chains", "n_trees_mu", "n_trees_tau", "chunk_bytes"):
+        options[name] = check_count(name, options[name], minimum=1)
     for name in ("n_warmstart", "n_burnin", "seed"):
-        if options[name] < 0:
-            raise ValueError(f"{name} must be >= 0, got {options[name]}")
-    if options["num_threads"] == 0 or options["num_threads"] < -1:
+        options[name] = check_count(name, options[name], minimum=0)
+    options["num_threads"] = check_count("num_threads", options["num_threads"], minimum=-1)
+    if options["num_threads"] == 0:
         raise ValueError(
             f"num_threads must be -1 (all cores) or >= 1, got {options['num_threads']}"
         )
@@ -507,14 +552,8 @@ class _Setup:
             **{name: o[name] for name in _OPTION_NAMES if name not in ("progress",)},
         }
         fit_info["stochtree_options"] = repr(fit_info["stochtree_options"])
-        ds = xr.Dataset(
-            data_vars,
-            coords={ARM: np.array(self.arms, dtype=object)},
-            attrs={
-                "pytyche_family": cls.family,
-                "pytyche_schema": SCHEMA_VERSION,
-                "pytyche_fit": json.dumps(fit_info),
-            },
+        ds = posterior_dataset(
+            cls.family, self.arms, data_vars, attrs={"pytyche_fit": json.dumps(fit_info)}
         )
         return cls(attach_observed(ds, self.observed))
 
@@ -527,7 +566,7 @@ def _per_arm(mu, tau, link, shift=None) -> np.ndarray:
     n, s = mu.shape
     k = tau.shape[2] + 1
     out = np.empty((n, s, k), dtype=np.float32)
-    block = max(1, (32 * 2**20) // (8 * s * k))
+    block = max(1, get_options()["numpy_block_bytes"] // (8 * s * k))
     for lo in range(0, n, block):
         hi = min(n, lo + block)
         linear = np.empty((hi - lo, s, k))

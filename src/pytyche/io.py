@@ -36,15 +36,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .data import CHUNK_BYTES, visitor_chunk
-from .reduction import worker_threads
+from ._config import get_options, worker_threads
+from .data import visitor_chunk
 from .results import ARM, CHAIN, DRAW, RESULT_TYPES, VISITOR, BCFResult, posterior
 
 __all__ = ["PosteriorReadError", "open_posterior", "to_netcdf", "to_zarr"]
 
-# netCDF (HDF5) chunks are kept smaller than dask chunks: HDF5 reads whole chunks, and a dask
-# chunk then spans several of them.
-NETCDF_CHUNK_BYTES = 16 * 2**20
 # A text variable with missing values is stored with "" in their place plus a boolean
 # companion variable (this suffix, attribute MISSING_OF naming the text variable) that is True
 # where the value is missing; a genuine "" stays a value.
@@ -90,7 +87,7 @@ def to_zarr(result, path, *, overwrite: bool = False) -> Path:
     """
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    ds = _prepare(result, CHUNK_BYTES)
+    ds = _prepare(result, get_options()["chunk_bytes"])
     encoding = {}
     for name, var in ds.variables.items():
         # Zarr's default compressor, then a checksum of the compressed bytes.
@@ -140,7 +137,7 @@ def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
     TypeError, ValueError
         When ``result`` is not a posterior in the contract.
     """
-    ds = _prepare(result, CHUNK_BYTES)
+    ds = _prepare(result, get_options()["chunk_bytes"])
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(
@@ -153,7 +150,9 @@ def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
             continue  # HDF5 applies no checksum filter to variable-length strings
         encoding[name] = {"fletcher32": True}
         if name in ds.data_vars:
-            rows = visitor_chunk(var.shape, var.dtype.itemsize, NETCDF_CHUNK_BYTES)
+            # Smaller than dask chunks: HDF5 reads whole chunks, and a dask chunk then spans
+            # several of them.
+            rows = visitor_chunk(var.shape, var.dtype.itemsize, get_options()["netcdf_chunk_bytes"])
             encoding[name]["chunksizes"] = (rows, *var.shape[1:])
 
     def write(tmp: Path) -> None:
@@ -479,7 +478,7 @@ def _lazy(raw: xr.Dataset, names, target: Path, chunks) -> xr.Dataset:
             if _is_text(variable.dtype):
                 variable = variable.copy(data=variable.values.astype(object))
         else:
-            rows = visitor_chunk(variable.shape, variable.dtype.itemsize, CHUNK_BYTES)
+            rows = visitor_chunk(variable.shape, variable.dtype.itemsize)
             data = _guarded(variable, name, target, rows)
             if _is_text(variable.dtype):
                 mask = masks.get(name)
@@ -506,7 +505,7 @@ def _decode_text_block(block: np.ndarray, missing: np.ndarray) -> np.ndarray:
 def _rows(chunks, var: xr.Variable, stored_rows: int | None) -> int:
     """Visitors per dask chunk when opening ``var`` (visitor first)."""
     if chunks == "auto":
-        rows = visitor_chunk(var.shape, var.dtype.itemsize, CHUNK_BYTES)
+        rows = visitor_chunk(var.shape, var.dtype.itemsize)
         if stored_rows:
             # Whole stored chunks per dask chunk: no stored chunk is read twice.
             rows = max(stored_rows, (rows // stored_rows) * stored_rows)

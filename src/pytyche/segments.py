@@ -33,6 +33,9 @@ __all__ = [
     "DiscoveredSegment",
     "SegmentRule",
     "as_segments",
+    "covariate_kind",
+    "covariate_names",
+    "dtype_kind",
     "membership",
 ]
 
@@ -105,44 +108,133 @@ def _format_name(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _dtype_kind(dtype: Any) -> str:
-    """Map a numpy or pandas dtype to ``'text'``, ``'number'`` or ``'bool'``."""
+# --------------------------------------------------------------------------- covariates
+
+
+def covariate_names(observed: xr.Dataset, *, exclude: Iterable[str] = ()) -> list[str]:
+    """The visitor covariates of observed data: its 1-D variables along ``visitor``.
+
+    The one definition every module uses (rule evaluation, the policy tree, fits).
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        Observed data: coordinates or data variables along ``visitor``.
+    exclude : iterable of str, optional
+        Names to leave out (e.g. ``variant`` and ``outcome``, which a policy cannot split on).
+
+    Returns
+    -------
+    list of str
+        In the Dataset's order; the ``visitor`` index is never a covariate.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"age": ("visitor", [30.0])}, coords={"visitor": [7]})
+    >>> covariate_names(ds)
+    ['age']
+    """
+    excluded = set(exclude)
+    return [
+        str(name)
+        for name, var in observed.variables.items()
+        if var.dims == (VISITOR,) and name not in observed.xindexes and name not in excluded
+    ]
+
+
+def dtype_kind(dtype: Any) -> str:
+    """A covariate's kind from its dtype alone.
+
+    Parameters
+    ----------
+    dtype : numpy or pandas dtype
+        Kinds ``U``/``S``/``T`` (numpy's variable-width strings) and pandas' string dtypes are
+        text, ``i``/``u``/``f`` numbers, ``b`` booleans; a categorical uses its categories'
+        dtype.
+
+    Returns
+    -------
+    str
+        ``'text'``, ``'number'``, ``'bool'``, ``'object'`` (decided from the values: see
+        :func:`covariate_kind`) or ``'unsupported'``.
+    """
     if isinstance(dtype, pd.CategoricalDtype):
         dtype = dtype.categories.dtype
     if isinstance(dtype, pd.StringDtype):
         return "text"
+    if isinstance(dtype, pd.BooleanDtype):
+        return "bool"
     kind = getattr(dtype, "kind", None)
     if kind is None:
         kind = np.dtype(dtype).kind
-    if kind == "O":  # decided from the values themselves (see Clause.evaluate)
+    if kind == "O":
         return "object"
-    if kind in "US":
-        return "text"
-    if kind in "iuf":
-        return "number"
-    if kind == "b":
-        return "bool"
-    return "unsupported"
+    return {"U": "text", "S": "text", "T": "text", "i": "number", "u": "number", "f": "number",
+            "b": "bool"}.get(kind, "unsupported")
 
 
-def _object_kind(covariate: str, values: np.ndarray) -> str:
-    """The kind of an object column's non-missing values: all text, all bool or all numbers."""
-    kinds = {
-        "bool"
-        if isinstance(v, bool | np.bool_)
-        else "text"
-        if isinstance(v, str)
-        else "number"
-        if isinstance(v, int | float | np.integer | np.floating)
-        else type(v).__name__
-        for v in values.ravel()
-    }
-    if len(kinds) != 1 or not kinds <= {"text", "number", "bool"}:
+def covariate_kind(values: Any, name: str = "covariate") -> str:
+    """A covariate's kind: ``'text'``, ``'number'`` or ``'bool'``.
+
+    The one classifier of covariates (rules, the policy tree and observed data use it). An
+    object column's kind is that of its non-missing values, which must all be text, all
+    numbers or all booleans; an object column with no values present counts as text.
+
+    Parameters
+    ----------
+    values : array-like
+        The covariate's values (numpy array, pandas Series or extension array).
+    name : str, default "covariate"
+        The covariate's name, for the message.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    TypeError
+        For an unsupported dtype, or an object column mixing kinds of values.
+
+    Examples
+    --------
+    >>> covariate_kind(np.array(["a", None], dtype=object))
+    'text'
+    >>> covariate_kind(np.array([1, 2.5], dtype=object))
+    'number'
+    """
+    dtype = getattr(values, "dtype", None)
+    if dtype is None:
+        values = np.asarray(values)
+        dtype = values.dtype
+    kind = dtype_kind(dtype)
+    if kind == "unsupported":
         raise TypeError(
-            f"covariate {covariate!r} (dtype object) holds values of kinds {sorted(kinds)}; "
-            "expected all text, all numbers or all booleans (None/NaN for missing)"
+            f"covariate {name!r} has unsupported dtype {dtype}; expected text, numbers or "
+            "booleans"
         )
-    return kinds.pop()
+    if kind != "object":
+        return kind
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    kind = _INFERRED_KINDS.get(inferred)
+    if kind is None:
+        raise TypeError(
+            f"covariate {name!r} (dtype object) holds values of kinds [{inferred!r}]; expected "
+            "all text, all numbers or all booleans (None/NaN for missing)"
+        )
+    return kind
+
+
+# pandas' infer_dtype vocabulary → covariate kinds; anything else mixes kinds or is unsupported.
+_INFERRED_KINDS = {
+    "string": "text",
+    "empty": "text",
+    "boolean": "bool",
+    "integer": "number",
+    "floating": "number",
+    "mixed-integer-float": "number",
+    "decimal": "number",
+}
 
 
 # --------------------------------------------------------------------------- Clause
@@ -265,7 +357,7 @@ class Clause:
         ...
         TypeError: operator '>' needs a numeric covariate, but 'device' has dtype <U6 (text)
         """
-        kind = _dtype_kind(dtype)
+        kind = dtype_kind(dtype)
         if kind == "unsupported":
             raise TypeError(
                 f"covariate {self.covariate!r} has unsupported dtype {dtype}; "
@@ -328,7 +420,7 @@ class Clause:
         kept = values[present]
         if kept.size:
             if kept.dtype.kind == "O":
-                self._check_kind(_object_kind(self.covariate, kept), "dtype object")
+                self._check_kind(covariate_kind(kept, self.covariate), "dtype object")
             out[present] = self._compare(kept)
         return out
 
@@ -681,17 +773,9 @@ class SegmentRule:
         return mask
 
 
-def _covariates(observed: xr.Dataset) -> list[str]:
-    return [
-        str(name)
-        for name, var in observed.variables.items()
-        if var.dims == (VISITOR,) and name not in observed.xindexes
-    ]
-
-
 def _covariate(observed: xr.Dataset, name: str) -> xr.Variable:
     if name not in observed.variables or name in observed.xindexes:
-        available = ", ".join(repr(n) for n in _covariates(observed)) or "none"
+        available = ", ".join(repr(n) for n in covariate_names(observed)) or "none"
         raise KeyError(
             f"unknown covariate {name!r}; available covariates along {VISITOR!r}: {available}"
         )

@@ -13,8 +13,9 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
-from .data import OUTCOME, VARIANT, VISITOR, check_arm_names
-from .results import ARM, RESULT_TYPES
+from ._validate import check_arm_names, check_choice
+from .data import OUTCOME, VARIANT, VISITOR
+from .results import ARM, result_type
 from .segments import DiscoveredSegment
 
 __all__ = ["SCENARIOS", "planted_segments", "simulate_experiment"]
@@ -100,10 +101,8 @@ def simulate_experiment(
     >>> observed.sizes["visitor"], list(truth["arm"].values)
     (3000, ['control', 'A', 'B'])
     """
-    if family not in RESULT_TYPES:
-        raise ValueError(f"family must be one of {sorted(RESULT_TYPES)}, got {family!r}")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
+    result_type(family)
+    check_choice("scenario", scenario, SCENARIOS)
     arms = check_arm_names(arms)
     n_visitors = int(n_visitors)
     if n_visitors < len(arms):
