@@ -133,8 +133,15 @@ def _check_option(name: str, value: Any) -> None:
 
 
 def worker_threads() -> int:
-    """Threads for pytyche's own pools: the ``num_threads`` option, else dask's ``num_workers``
-    setting, else every core this process may run on."""
+    """Threads for pytyche's own pools.
+
+    The ``num_threads`` option, else dask's ``num_workers`` setting, else every core this
+    process may run on.
+
+    Returns
+    -------
+    int
+    """
     if _OPTIONS["num_threads"] is not None:
         return int(_OPTIONS["num_threads"])
     import dask  # imported here: this module is otherwise free of third-party imports

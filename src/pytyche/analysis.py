@@ -127,7 +127,7 @@ def thompson_allocation(
         iterating until stable — so no arm's traffic is starved to zero. Inert when every arm
         is already above the floor; 0.0 returns raw win frequencies verbatim. This is NOT the
         dial for how much traffic stays on control — that is ``min_control_weight`` /
-        ``min_explore_weight`` on the sequential experiment. In the canonical Control +
+        ``min_explore_weight`` on :func:`pytyche.sequential_experiment`. In the canonical Control +
         Explore + Optimized cell structure this floor is mostly redundant; rarely worth
         overriding.
 
@@ -160,7 +160,7 @@ def thompson_allocation(
     [0, 1]
     >>> round(sum(allocation[0].values()), 12)
     1.0
-    """
+    """  # noqa: D205 (the reference page's summary sentence: two lines here)
     epsilon = check_probability(
         "epsilon", epsilon, why=": the floor epsilon / K per arm can only sum to at most 1"
     )
