@@ -26,6 +26,11 @@ from .simulate import planted_segments, simulate_experiment
 from .policy_tree import PolicyTreeResult, fit_policy_tree
 from .summary import segment_summary
 
+# -- decisions: ship / continue / stop, and the pre-flight check of experiment data --
+# isort: split
+from .decisions import DecisionThresholds, Recommendation, recommend
+from .setup_check import SetupReport, check_setup
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,13 +38,17 @@ __all__ = [
     "BinaryBCFResult",
     "Clause",
     "ContinuousBCFResult",
+    "DecisionThresholds",
     "DiscoveredSegment",
     "HurdleBCFResult",
     "PolicyTreeResult",
     "PosteriorReadError",
+    "Recommendation",
     "SegmentRule",
+    "SetupReport",
     "analysis",
     "as_segments",
+    "check_setup",
     "example_posterior",
     "fit",
     "fit_binary_bcf",
@@ -54,6 +63,7 @@ __all__ = [
     "open_posterior",
     "planted_segments",
     "posterior",
+    "recommend",
     "segment_means",
     "segment_summary",
     "set_options",

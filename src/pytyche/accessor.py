@@ -1,10 +1,10 @@
-"""The ``ds.tyche`` accessor: one-line forwards to :mod:`pytyche.analysis`."""
+"""The ``ds.tyche`` accessor: one-line forwards to pytyche's public functions."""
 
 from __future__ import annotations
 
 import xarray as xr
 
-from . import analysis
+from . import analysis, decisions
 from .results import check_posterior, posterior
 
 
@@ -13,7 +13,7 @@ class TycheAccessor:
     """pytyche's methods on a posterior Dataset, as ``ds.tyche.<method>``.
 
     Each method wraps the Dataset with :func:`pytyche.posterior` and calls the function of
-    the same name in :mod:`pytyche.analysis`.
+    the same name in :mod:`pytyche.analysis` or :mod:`pytyche.decisions`.
     """
 
     def __init__(self, dataset: xr.Dataset):
@@ -43,3 +43,20 @@ class TycheAccessor:
     def membership(self, segments) -> xr.DataArray:
         """Call :func:`pytyche.analysis.membership` on this Dataset's observed data."""
         return analysis.membership(segments, check_posterior(self.result).observed)
+
+    def recommend(
+        self,
+        segments=None,
+        *,
+        thresholds: decisions.DecisionThresholds | None = None,
+        min_practical_effect: float = 0.02,
+        ci: float = 0.8,
+    ) -> decisions.Recommendation:
+        """Call :func:`pytyche.decisions.recommend` on this Dataset."""
+        return decisions.recommend(
+            self.result,
+            segments,
+            thresholds=thresholds,
+            min_practical_effect=min_practical_effect,
+            ci=ci,
+        )
