@@ -266,3 +266,11 @@ def test_fit_runs_the_check_and_raises_before_fitting():
         pt.fit(ds)
     with pytest.raises(ValueError, match="not arms"):
         pt.fit(observed().assign_attrs(pytyche_arms=["control", "C"]), family="binary")
+
+
+def test_an_outcome_whose_variance_overflows_is_a_problem_not_a_warning():
+    observed, _ = pt.simulate_experiment(300, family="continuous", seed=2)
+    huge = observed.assign_coords(outcome=observed["outcome"] * 1e300)
+    report = pt.check_setup(huge)
+    assert not report.ok
+    assert any("variance overflows" in p for p in report.problems), report.problems

@@ -110,7 +110,7 @@ def test_observed_data_accepts_pairs_and_bool_outcome():
         ),
         (
             lambda f: {arm: t.rename(columns={"visits": "variant"}) for arm, t in f.items()},
-            "covariate column 'variant' clashes",
+            "covariate name 'variant' is taken",
         ),
         (
             lambda f: {**f, "A": f["A"].assign(when=pd.Timestamp("2024-01-01"))},
@@ -360,3 +360,45 @@ def test_from_arrays_transposes_a_data_array_by_dim_name():
     labelled = draw_first.assign_coords(arm=["control", "B", "A"])
     with pytest.raises(ValueError, match=r"arm labels \['control', 'B', 'A'\]"):
         pt.from_arrays("binary", ["control", "A", "B"], conversion=labelled)
+
+
+# --------------------------------------------------------------------------- ArviZ interop
+
+
+def test_arviz_default_dims_take_arm_names_and_interop_page_runs():
+    """ArviZ labels an unnamed dim 0, 1, 2: ``arms=`` names it (issue 8, friction)."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.x's once-a-day notice
+        az = pytest.importorskip("arviz")
+    p_arm = np.random.default_rng(1).uniform(size=(2, 5, 6, 3))
+    idata = az.from_dict(posterior={"p_arm": p_arm})
+    names = {"variables": {"conversion": "p_arm"}, "visitor_dim": "p_arm_dim_0"}
+    result = pt.from_inference_data(
+        idata, "binary", arms=["control", "A", "B"], arm_dim="p_arm_dim_1", **names
+    )
+    assert list(result.variants) == ["control", "A", "B"]
+    np.testing.assert_allclose(
+        result.dataset["conversion"].values,
+        p_arm.transpose(2, 0, 1, 3).astype(np.float32),
+    )
+    with pytest.raises(ValueError, match=r"only ArviZ's default labels 0, 1, \.\.\.\); pass arms="):
+        pt.from_inference_data(idata, "binary", arm_dim="p_arm_dim_1", **names)
+    labelled = idata.posterior.assign_coords(p_arm_dim_1=["c", "x", "y"])
+    with pytest.raises(ValueError, match=r"do not match the group's 'p_arm_dim_1' coordinate"):
+        pt.from_inference_data(
+            labelled, "binary", arms=["control", "A", "B"], arm_dim="p_arm_dim_1", **names
+        )
+    # docs/interop.md: its python blocks run as written, in order.
+    page = (Path(__file__).parent.parent / "docs" / "interop.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"interop.md block {index}", "exec"), namespace)
+    assert str(namespace["result"]) == (
+        "<BinaryBCFResult (visitor: 120, chain: 2, draw: 50, arm: 3) arms=['control', 'A', 'B']>"
+    )

@@ -290,7 +290,9 @@ def binary_tables(**overrides):
 
 def test_errors_name_the_arm():
     with pytest.raises(ValueError, match=r"arm 'A': a binary fit needs a 0/1 outcome, found 2\.0"):
-        pt.fit_binary_bcf(binary_tables(A=pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, 2.0]})), **TINY)
+        pt.fit_binary_bcf(
+            binary_tables(A=pd.DataFrame({"x": np.arange(20.0), "y": [1.0, 2.0] * 10})), **TINY
+        )
     with pytest.raises(ValueError, match="arm 'A': a hurdle fit needs a non-negative outcome"):
         pt.fit_hurdle_bcf(
             binary_tables(A=pd.DataFrame({"x": np.arange(40.0), "y": [-1.0] + [2.0] * 39})),
@@ -305,7 +307,7 @@ def test_errors_name_the_arm():
         pt.fit_binary_bcf(binary_tables(), propensity=[0.5, 0.6], **TINY)
     with pytest.raises(ValueError, match=r"missing \['A'\]"):
         pt.fit_binary_bcf(binary_tables(), propensity={"control": 0.5}, **TINY)
-    with pytest.raises(ValueError, match="n_draws must be at least 1"):
+    with pytest.raises(ValueError, match="n_draws must be an integer >= 1"):
         pt.fit_binary_bcf(binary_tables(), **{**TINY, "n_draws": 0})
     with pytest.raises(ValueError, match="family must be 'auto' or one of"):
         pt.fit(binary_tables(), family="poisson")
@@ -314,8 +316,8 @@ def test_errors_name_the_arm():
     with pytest.raises(ValueError, match="outcome is 0 for every visitor"):
         pt.fit_binary_bcf(
             binary_tables(
-                control=pd.DataFrame({"x": [1.0], "y": [0.0]}),
-                A=pd.DataFrame({"x": [1.0], "y": [0.0]}),
+                control=pd.DataFrame({"x": np.arange(10.0), "y": [0.0] * 10}),
+                A=pd.DataFrame({"x": np.arange(10.0), "y": [0.0] * 10}),
             ),
             **TINY,
         )

@@ -289,8 +289,7 @@ def test_overwrite_file_with_store_leaves_nothing_behind(tmp_path, monkeypatch, 
     if not exchange:
         monkeypatch.setattr(io_module, "_exchange", lambda a, b: False)
     result = pt.posterior(random_dataset("binary", dtype=np.float32))
-    path = tmp_path / "x.zarr"
-    path.write_text("not a store")
+    path = pt.to_netcdf(result, tmp_path / "x.zarr")  # a posterior file, replaced by a store
     pt.to_zarr(result, path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zarr"]
     xr.testing.assert_identical(pt.open_posterior(path).dataset.compute(), result.dataset)
@@ -458,3 +457,18 @@ def test_from_arrays_from_inference_data_and_open_are_lazy(tmp_path):
     with counting_scheduler(1):
         allocation = pt.thompson_allocation(opened, pt.planted_segments())
     assert allocation == pt.thompson_allocation(result, pt.planted_segments())
+
+
+def test_plain_xarray_opens_a_store_quietly(tmp_path):
+    """Consolidated metadata: xr.open_zarr neither warns nor falls back (issue 8, friction)."""
+    import warnings
+
+    ds = random_dataset("hurdle", n_visitors=30, dtype=np.float32)
+    path = pt.to_zarr(pt.posterior(ds), tmp_path / "s.zarr")
+    root = json.loads((path / "zarr.json").read_text())
+    assert set(root["consolidated_metadata"]["metadata"]) >= {"conversion", "value", "device"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opened = xr.open_zarr(path)
+    assert set(opened.variables) >= set(ds.variables)
+    np.testing.assert_array_equal(opened["value"].values, ds["value"].values)

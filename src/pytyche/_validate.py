@@ -18,7 +18,13 @@ __all__ = [
     "check_choice",
     "check_count",
     "check_probability",
+    "check_variable_name",
 ]
+
+# Names a store gives its own files (Zarr 3 and 2 metadata), and pytyche's suffix for the
+# missing-text companion of a variable: never the name of a variable.
+STORE_FILE_NAMES = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
+RESERVED_SUFFIX = "__pytyche_missing"
 
 
 def check_count(name: str, value: Any, *, minimum: int = 0) -> int:
@@ -180,3 +186,74 @@ def check_arm_names(arms: Any) -> list[str]:
     if duplicates:
         raise ValueError(f"duplicate arm names {duplicates} in {arms}")
     return arms
+
+
+def check_variable_name(name: Any, *, what: str = "variable", reserved: Iterable[str] = ()) -> str:
+    r"""A name a Dataset variable (a covariate, a coordinate) may take in every store.
+
+    The one rule for every writer: a name is non-empty text without ``/`` or ``\`` (Zarr
+    makes a nested group of ``a/b``), without control characters (NUL included), that does
+    not start with ``.`` (``.``, ``..`` and Zarr 2's metadata files), is not ``zarr.json``
+    and does not end with ``__pytyche_missing`` (pytyche's companion of missing text).
+    Letters, digits, spaces and other punctuation are all allowed.
+
+    Parameters
+    ----------
+    name : object
+        The name given.
+    what : str, default "variable"
+        What the name is of, for the message (``"covariate"``, ...).
+    reserved : iterable of str, optional
+        More names that are taken (the posterior's own variables and dims, say).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    TypeError
+        When ``name`` is not a str.
+    ValueError
+        When ``name`` breaks the rule above or is reserved.
+
+    Examples
+    --------
+    >>> check_variable_name("page views", what="covariate")
+    'page views'
+    >>> check_variable_name("a/b", what="covariate")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: covariate name 'a/b' contains '/'; a name is non-empty text ...
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{what} name must be a str, got {name!r} ({type(name).__name__})")
+    rule = (
+        "a name is non-empty text without '/', '\\' or control characters, not starting with "
+        f"'.', not 'zarr.json', not ending with {RESERVED_SUFFIX!r}"
+    )
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif "/" in name or "\\" in name:
+        problem = f"contains {'/' if '/' in name else chr(92)!r}"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        problem = "contains a control character"
+    elif name.startswith("."):
+        problem = "starts with '.'"
+    elif name in STORE_FILE_NAMES:
+        problem = "is the name of a store's metadata file"
+    elif name.endswith(RESERVED_SUFFIX):
+        problem = f"ends with {RESERVED_SUFFIX!r}, which pytyche uses for missing text"
+    if problem is not None:
+        safe = "".join(
+            "_" if ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 else ch for ch in name
+        ).lstrip(".")
+        safe = safe.removesuffix(RESERVED_SUFFIX) or "x"
+        if safe in STORE_FILE_NAMES:
+            safe = safe.replace(".", "_")
+        raise ValueError(f"{what} name {name!r} {problem}; {rule}: rename it, e.g. {safe!r}")
+    taken = sorted(set(reserved))
+    if name in taken:
+        raise ValueError(f"{what} name {name!r} is taken: pytyche uses {taken} itself; rename it")
+    return name

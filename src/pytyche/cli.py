@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validate import check_probability
 from .fitting import fit
-from .io import open_posterior
+from .io import PosteriorReadError, check_write_target, open_posterior
 from .policy_tree import fit_policy_tree
 from .segments import membership
 from .simulate import simulate_experiment
@@ -67,23 +68,103 @@ def demo(n_visitors: int, n_draws: int, store: Path | None, epsilon: float, seed
         print(f"{segment.id:>7}  {segment.rule!s:<{width}}  {row}  {best:>9}")
 
 
+# Bounds of the demo's arguments: enough visitors for the hurdle fit (10 converters per arm),
+# and few enough that the fit, the store and the tree stay within a laptop's memory.
+MIN_VISITORS, MAX_VISITORS = 300, 2_000_000
+MAX_DRAWS = 10_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2), no usage dump."""
+
+    def error(self, message: str):
+        """Exit with status 2 and ``message`` on one line."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _bounded_int(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, got {value:,}")
+        return value
+
+    return parse
+
+
+def _epsilon(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    try:
+        return check_probability(
+            "epsilon", value, why=" (the floor epsilon / K per arm sums to at most 1)"
+        )
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pytyche`` command."""
-    parser = argparse.ArgumentParser(prog="pytyche", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    """Entry point of the ``pytyche`` command.
+
+    Every argument is checked before any work starts: a bad one exits with status 2 and one
+    line on stderr; a failure during the work (a disk filling up, say) exits with status 1
+    and one line, never a traceback.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments; default: the command line.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success.
+    """
+    parser = _Parser(prog="pytyche", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo_parser = commands.add_parser(
         "demo", help="simulate, fit, save, discover segments and allocate, end to end"
     )
-    demo_parser.add_argument("--visitors", type=int, default=4_000)
-    demo_parser.add_argument("--draws", type=int, default=200)
     demo_parser.add_argument(
-        "--store", type=Path, default=None, help="keep the posterior in this Zarr store"
+        "--visitors",
+        type=_bounded_int(MIN_VISITORS, MAX_VISITORS),
+        default=4_000,
+        help=f"visitors to simulate ({MIN_VISITORS:,} to {MAX_VISITORS:,})",
     )
-    demo_parser.add_argument("--epsilon", type=float, default=0.02)
-    demo_parser.add_argument("--seed", type=int, default=0)
+    demo_parser.add_argument(
+        "--draws",
+        type=_bounded_int(1, MAX_DRAWS),
+        default=200,
+        help=f"posterior draws (1 to {MAX_DRAWS:,})",
+    )
+    demo_parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="keep the posterior in this Zarr store (new, empty, or a pytyche posterior)",
+    )
+    demo_parser.add_argument(
+        "--epsilon", type=_epsilon, default=0.02, help="floor per arm is epsilon / K (0 to 1)"
+    )
+    demo_parser.add_argument(
+        "--seed", type=_bounded_int(0, 2**63 - 1), default=0, help="seed (>= 0)"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo(args.visitors, args.draws, args.store, args.epsilon, args.seed)
+        if args.store is not None:
+            try:
+                check_write_target(args.store, overwrite=True)
+            except (OSError, ValueError) as error:
+                parser.exit(2, f"pytyche: error: --store: {error}\n")
+        try:
+            demo(args.visitors, args.draws, args.store, args.epsilon, args.seed)
+        except (OSError, ValueError, PosteriorReadError) as error:
+            parser.exit(1, f"pytyche: error: {type(error).__name__}: {error}\n")
     return 0
 
 

@@ -21,8 +21,17 @@ import pandas as pd
 import xarray as xr
 
 from ._config import get_options
-from ._validate import check_arm_names
-from .results import ARM, CHAIN, DRAW, VISITOR, BCFResult, posterior_dataset, result_type
+from ._validate import check_arm_names, check_variable_name
+from .results import (
+    ARM,
+    CHAIN,
+    DRAW,
+    RESULT_TYPES,
+    VISITOR,
+    BCFResult,
+    posterior_dataset,
+    result_type,
+)
 from .segments import covariate_kind, covariate_names
 
 __all__ = ["from_arrays", "from_inference_data", "observed_data"]
@@ -30,8 +39,12 @@ __all__ = ["from_arrays", "from_inference_data", "observed_data"]
 VISITOR_ID = "visitor_id"
 OUTCOME = "outcome"
 VARIANT = "variant"
-# Names the observed Dataset uses itself; a covariate may not take them.
-RESERVED = frozenset({VISITOR, VARIANT, OUTCOME, ARM, DRAW, CHAIN})
+# Names a posterior uses itself (its variables and dims): no observed variable may take them.
+POSTERIOR_NAMES = frozenset(
+    {ARM, DRAW, CHAIN, *(name for cls in RESULT_TYPES.values() for name in cls.metric_variables)}
+)
+# Names the observed Dataset uses itself, too; a covariate may not take them.
+RESERVED = frozenset({VISITOR, VARIANT, OUTCOME, *POSTERIOR_NAMES})
 
 
 # --------------------------------------------------------------------------- observed data
@@ -59,7 +72,12 @@ def observed_data(
         Name of the outcome column (numeric or boolean, no missing values).
     covariates : sequence of str, optional
         Covariate columns to keep. Default: every column but the outcome and ``visitor_id``.
-        A ``visitor_id`` column, when present, becomes the ``visitor`` index.
+        A ``visitor_id`` column, when present, becomes the ``visitor`` index. A covariate's
+        name must suit every store: non-empty text without a slash, a backslash or control
+        characters, not starting with ``.``, not ``zarr.json``, not ending with
+        ``__pytyche_missing``, and none of the names the posterior uses itself
+        (``conversion``, ``value``, ``expected``, ``variant``, ``outcome``, ``visitor``,
+        ``arm``, ``draw``, ``chain``).
 
     Returns
     -------
@@ -70,13 +88,13 @@ def observed_data(
     Raises
     ------
     TypeError
-        When a table is not a pandas DataFrame.
+        When a table is not a pandas DataFrame, or ``covariates`` is a single string.
     ValueError
         For fewer than 2 arms, duplicate arm names, an arm with no rows, a missing or
         non-numeric outcome column, missing outcome values, covariate columns that differ
         between arms or change kind between arms, unsupported covariate dtypes, a covariate
-        named like a reserved name (``variant``, ``outcome``, ...), or duplicate visitor ids.
-        The message names the offending arm and column.
+        name that breaks the rule above, or duplicate visitor ids. The message names the
+        offending arm and column.
 
     Examples
     --------
@@ -98,6 +116,11 @@ def observed_data(
     if inferred:
         covariates = [str(c) for c in first.columns if c not in (outcome, VISITOR_ID)]
     else:
+        if isinstance(covariates, str | bytes):
+            raise TypeError(
+                f"covariates must be a list of column names, got the single string "
+                f"{covariates!r}; pass [{covariates!r}]"
+            )
         covariates = [str(c) for c in covariates]
         dupes = sorted({c for c in covariates if covariates.count(c) > 1})
         if dupes:
@@ -105,11 +128,7 @@ def observed_data(
         if outcome in covariates:
             raise ValueError(f"the outcome column {outcome!r} cannot also be a covariate")
     for name in covariates:
-        if name in RESERVED or name == VISITOR_ID:
-            raise ValueError(
-                f"covariate column {name!r} clashes with a name the observed data uses itself "
-                f"({sorted(RESERVED | {VISITOR_ID})}); rename it"
-            )
+        check_variable_name(name, what="covariate", reserved=RESERVED | {VISITOR_ID})
 
     for arm, frame in pairs:
         columns = {str(c) for c in frame.columns}
@@ -298,7 +317,9 @@ def observed_variables(observed: xr.Dataset) -> dict[str, xr.Variable]:
 def check_observed(observed: xr.Dataset, arms: Sequence[str] | None = None) -> list[str]:
     """Check observed data against the contract; return its arm names in row order.
 
-    The ``variant`` labels must be arm names and the rows variant-major (control's rows first).
+    The ``variant`` labels must be arm names and the rows variant-major (control's rows first);
+    no variable may take a name the posterior uses itself or that a store cannot hold (see
+    :func:`observed_data`).
     """
     if not isinstance(observed, xr.Dataset):
         raise TypeError(
@@ -306,12 +327,14 @@ def check_observed(observed: xr.Dataset, arms: Sequence[str] | None = None) -> l
             f"{type(observed).__name__}"
         )
     variables = observed_variables(observed)
+    for name in variables:
+        check_variable_name(name, what="observed variable", reserved=POSTERIOR_NAMES)
     if VARIANT not in variables:
         raise ValueError(
             "observed data needs a 'variant' coordinate along 'visitor' naming the arm that "
             f"served each visitor; found {sorted(variables)}"
         )
-    variant = np.asarray(variables[VARIANT].values).astype(str)
+    variant = _labels(variables[VARIANT].values)
     if variant.size == 0:
         raise ValueError("observed data has no visitors")
     # Arm order: first appearance (rows are variant-major, so this is control first).
@@ -335,6 +358,11 @@ def check_observed(observed: xr.Dataset, arms: Sequence[str] | None = None) -> l
     return arms
 
 
+def _labels(values) -> np.ndarray:
+    """Labels as fixed-width text, from any text dtype (numpy's StringDType included)."""
+    return np.asarray(values).astype(object).astype(str)
+
+
 def _label_codes(labels: np.ndarray, arms: Sequence[str]) -> np.ndarray:
     """Index of each label in ``arms`` (labels are known to be arm names)."""
     arms_array = np.array(arms, dtype=object).astype(str)
@@ -344,7 +372,7 @@ def _label_codes(labels: np.ndarray, arms: Sequence[str]) -> np.ndarray:
 
 def arm_codes(observed: xr.Dataset, arms: Sequence[str]) -> np.ndarray:
     """Integer arm index (0 = control) of every visitor."""
-    variant = np.asarray(observed_variables(observed)[VARIANT].values).astype(str)
+    variant = _labels(observed_variables(observed)[VARIANT].values)
     return _label_codes(variant, [str(a) for a in arms])
 
 
@@ -411,7 +439,9 @@ def from_arrays(
         about 128 MB each; a numpy array stays in memory. An int: visitors per chunk, numpy
         arrays included. None: arrays are used as given.
     dtype : numpy float dtype or None, default float32
-        Cast the draws (lazily on dask) to this dtype; None keeps the arrays' dtype.
+        Cast the draws (lazily on dask) to this floating-point dtype; None keeps the arrays'
+        dtype. In-memory values are range-checked after the cast, so a value beyond the
+        dtype's range is an error, not infinity.
     **variables : array-like
         The family's variables, each (visitor, draw, arm) or (visitor, chain, draw, arm). A
         DataArray whose dims are named ``visitor``, ``draw``, ``arm`` (and ``chain``) is
@@ -424,15 +454,20 @@ def from_arrays(
 
     Raises
     ------
+    TypeError
+        When ``dtype`` is not a numpy dtype.
     ValueError
         For an unknown family, missing or unexpected variables, a DataArray with dims other
         than the posterior's, arrays of the wrong rank or of different shapes, an arm axis
         that does not match ``arms``, a visitor axis that does not match ``observed``,
-        non-real dtypes, or in-memory values out of range (``conversion`` outside [0, 1],
-        negative ``value``, NaN or infinity).
+        non-real dtypes, a ``dtype`` that is not floating-point, observed variables named
+        like the posterior's own (``conversion``, ``arm``, ...) or as no store can hold, or
+        in-memory values out of range after the cast (``conversion`` outside [0, 1],
+        negative ``value``, NaN or infinity, beyond the dtype's range).
     """
     cls = result_type(family)
     arms = check_arm_names(arms)
+    dtype = _draws_dtype(dtype)
     wanted = cls.metric_variables
     missing = [name for name in wanted if name not in variables]
     extra = sorted(set(variables) - set(wanted))
@@ -491,14 +526,19 @@ def from_inference_data(
     family : {"binary", "continuous", "hurdle"}
         The posterior family.
     arms : sequence of str, optional
-        Arm names, control first. Default: the values of the group's arm coordinate.
+        Arm names, control first. Default: the values of the group's arm coordinate. When
+        that coordinate holds ArviZ's default labels ``0, 1, ..., K-1`` (a dim ArviZ named
+        itself, such as ``p_arm_dim_1``), ``arms`` gives the names, in that order; other
+        labels must equal ``arms``.
     observed : xarray.Dataset, optional
         Visitor-level observed data, rows in the group's visitor order.
     variables : mapping of str to str, optional
         Contract name → name in the group, e.g. ``{"conversion": "p_convert"}``. Default: the
         contract names themselves.
     visitor_dim, arm_dim : str
-        Names of the group's visitor and arm dims (renamed to ``visitor`` and ``arm``).
+        Names of the group's visitor and arm dims (renamed to ``visitor`` and ``arm``), e.g.
+        ``visitor_dim="p_arm_dim_0", arm_dim="p_arm_dim_1"`` for a NumPyro site ``p_arm`` of
+        shape (visitor, arm) without named dims.
     chunks : "auto", int or None, default "auto"
         As in :func:`from_arrays`.
     dtype : numpy float dtype or None, default float32
@@ -550,11 +590,16 @@ def from_inference_data(
         # One lazy transpose to visitor-major; the rechunk in _build_result follows it.
         arrays[name] = var.transpose(visitor_dim, CHAIN, DRAW, arm_dim).data
         if arm_dim in var.coords and source_arms is None:
-            source_arms = [str(a) for a in var.coords[arm_dim].values]
+            labels = var.coords[arm_dim].values
+            # ArviZ labels an unnamed dim 0, 1, 2, ...: those are positions, not arm names.
+            default = labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))
+            if not default:
+                source_arms = [str(a) for a in labels]
     if arms is None:
         if source_arms is None:
             raise ValueError(
-                f"the posterior group has no {arm_dim!r} coordinate naming the arms; pass arms="
+                f"the posterior group has no {arm_dim!r} coordinate naming the arms (or only "
+                "ArviZ's default labels 0, 1, ...); pass arms=[control, ...]"
             )
         arms = source_arms
     elif source_arms is not None and [str(a) for a in arms] != source_arms:
@@ -611,6 +656,38 @@ def _contract_order(name: str, array: xr.DataArray, arms: list[str]):
     return array.transpose(*(d for d in contract if d in array.dims)).data
 
 
+def _draws_dtype(dtype):
+    """The dtype draws are cast to: a floating-point numpy dtype, or None to keep theirs."""
+    if dtype is None:
+        return None
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"dtype must be a numpy floating-point dtype (np.float32, np.float64) or None, got "
+            f"{dtype!r}"
+        ) from None
+    if resolved.kind != "f":
+        raise ValueError(
+            f"dtype must be a floating-point dtype (np.float32, np.float64) or None, got "
+            f"{resolved}: casting draws (probabilities, expected values) to it would truncate "
+            "them"
+        )
+    return resolved
+
+
+def _check_cast(name: str, given: np.ndarray, cast: np.ndarray) -> None:
+    """Finite draws must stay finite (within the dtype's range) after the cast."""
+    overflow = ~np.isfinite(cast)
+    if overflow.any():
+        index = tuple(int(i) for i in np.argwhere(overflow)[0])
+        raise ValueError(
+            f"variable {name!r} holds {given[index].item()!r} at index {index}, beyond the "
+            f"range of {cast.dtype} (largest {np.finfo(cast.dtype).max:g}); pass "
+            "dtype=np.float64 or rescale the draws"
+        )
+
+
 def _check_values(name: str, values: np.ndarray) -> None:
     if not np.isfinite(values).all():
         bad = np.argwhere(~np.isfinite(values))[0]
@@ -638,10 +715,14 @@ def _build_result(cls, arms, dims, arrays, observed, chunks, dtype) -> BCFResult
             )
     data_vars = {}
     for name, array in arrays.items():
-        if isinstance(array, np.ndarray):
-            _check_values(name, array)
         if dtype is not None and array.dtype != dtype:
-            array = array.astype(dtype)
+            given = array
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = array.astype(dtype)
+            if isinstance(array, np.ndarray) and np.isfinite(given).all():
+                _check_cast(name, given, array)
+        if isinstance(array, np.ndarray):
+            _check_values(name, array)  # after the cast: the values that will be used
         array = _chunk(array, chunks)
         data_vars[name] = (dims, array)
     ds = posterior_dataset(cls.family, arms, data_vars)

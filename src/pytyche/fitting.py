@@ -57,6 +57,7 @@ from .results import (
     HurdleBCFResult,
     posterior_dataset,
 )
+from .setup_check import MIN_VISITORS_PER_ARM, check_setup
 
 __all__ = ["fit", "fit_binary_bcf", "fit_continuous_bcf", "fit_hurdle_bcf"]
 
@@ -68,6 +69,19 @@ MAX_TEXT_LEVELS = 256
 # family="auto": a non-negative outcome with at least this share of exact zeros is a hurdle.
 HURDLE_ZERO_SHARE = 0.10
 MIN_CONVERTERS = 10
+# stochtree general parameters that pytyche sets itself (the posterior's shape depends on them),
+# with the argument to use instead.
+OWNED_GENERAL_PARAMS = {
+    "num_chains": "pass n_chains=",
+    "random_seed": "pass seed=",
+    "num_threads": "pass num_threads=",
+    "keep_every": "the posterior keeps every one of n_draws draws",
+    "keep_burnin": "burn-in draws are never kept; raise n_draws",
+    "keep_gfr": "warm-start draws are never kept; raise n_draws",
+}
+# The posterior is stored as float32: outcomes this large (in absolute value) would overflow it
+# (float32 ends at 3.4e38) and the forests' float64 variance long before 1e300.
+MAX_ABS_OUTCOME = 1e30
 
 
 def fit(observed: xr.Dataset, family: str = "auto", **options) -> BCFResult:
@@ -93,7 +107,8 @@ def fit(observed: xr.Dataset, family: str = "auto", **options) -> BCFResult:
     Raises
     ------
     ValueError
-        For an unknown family, and as the chosen fit function raises.
+        For an unknown family, for the problems :func:`pytyche.check_setup` finds (all
+        listed), and as the chosen fit function raises.
     """
     fits = {
         "binary": fit_binary_bcf,
@@ -105,6 +120,10 @@ def fit(observed: xr.Dataset, family: str = "auto", **options) -> BCFResult:
         family = infer_family(_outcome(observed))
     if family not in fits:
         raise ValueError(f"family must be 'auto' or one of {sorted(fits)}, got {family!r}")
+    variables = observed_variables(observed) if isinstance(observed, xr.Dataset) else {}
+    if OUTCOME in variables and variables[OUTCOME].dtype.kind in "iuf":
+        _check_outcome_scale(np.asarray(variables[OUTCOME].values, dtype=np.float64))
+    check_setup(observed, family=family).raise_for_problems()
     return fits[family](observed, **options)
 
 
@@ -417,10 +436,28 @@ def _options(arguments: dict) -> dict:
             f"num_threads must be -1 (all cores) or >= 1, got {options['num_threads']}"
         )
     extra = options["stochtree_options"] or {}
+    if not isinstance(extra, Mapping):
+        raise TypeError(
+            "stochtree_options must be a mapping {'general_params': {...}, ...}, got "
+            f"{type(extra).__name__}"
+        )
     allowed = {"general_params", "prognostic_forest_params", "treatment_effect_forest_params"}
     unknown = sorted(set(extra) - allowed)
     if unknown:
         raise ValueError(f"stochtree_options takes the keys {sorted(allowed)}; got {unknown}")
+    for key, params in extra.items():
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"stochtree_options[{key!r}] must be a mapping of stochtree parameters, got "
+                f"{type(params).__name__}"
+            )
+    owned = sorted(set(extra.get("general_params", {})) & set(OWNED_GENERAL_PARAMS))
+    if owned:
+        hints = "; ".join(f"{key}: {OWNED_GENERAL_PARAMS[key]}" for key in owned)
+        raise ValueError(
+            f"stochtree_options['general_params'] may not set {owned}: pytyche sets them to "
+            f"shape the posterior ({hints})"
+        )
     return options
 
 
@@ -440,8 +477,12 @@ class _Setup:
         self.codes = arm_codes(observed, self.arms)
         counts = np.bincount(self.codes, minlength=len(self.arms))
         for arm, count in zip(self.arms, counts, strict=True):
-            if count == 0:
-                raise ValueError(f"arm {arm!r} has no visitors in the observed data")
+            if count < MIN_VISITORS_PER_ARM:
+                raise ValueError(
+                    f"arm {arm!r} has {count} visitor(s) in the observed data; a fit needs at "
+                    f"least {MIN_VISITORS_PER_ARM} in every arm (the forests cannot grow or "
+                    "prune a tree on fewer)"
+                )
         self.counts = counts
         self.outcome = _outcome(observed)
         self.covariates, self.X = design_matrix(observed)
@@ -457,8 +498,11 @@ class _Setup:
             yield arm, values[self.codes == k]
 
     def sample(self, label: str, y: np.ndarray, *, stage: int, probit: bool = False, subset=None):
-        """Run one multivariate BCF; return μ (visitor, sample), τ (visitor, sample, K-1) and
-        σ² (sample,) for every visitor (the fit may use a subset of them)."""
+        """Run one multivariate BCF.
+
+        Returns μ (visitor, sample), τ (visitor, sample, K-1) and σ² (sample,) for every
+        visitor (the fit may use a subset of them).
+        """
         from stochtree import BCFModel, OutcomeModel
 
         o = self.options
@@ -592,7 +636,21 @@ def _outcome(observed: xr.Dataset) -> np.ndarray:
     values = values.astype(np.float64)
     if not np.isfinite(values).all():
         raise ValueError("the outcome holds NaN or infinite values")
+    _check_outcome_scale(values)
     return values
+
+
+def _check_outcome_scale(values: np.ndarray) -> None:
+    """Finite outcomes must also be small enough for the float32 posterior and the forests."""
+    with np.errstate(invalid="ignore"):
+        too_big = np.abs(values) > MAX_ABS_OUTCOME
+    if too_big.any():
+        i = int(np.flatnonzero(too_big)[0])
+        raise ValueError(
+            f"the outcome of visitor row {i} is {values[i]:g}; outcomes must be within "
+            f"±{MAX_ABS_OUTCOME:g} (the posterior is stored as float32): rescale the outcome, "
+            "e.g. to thousands or millions of its unit"
+        )
 
 
 def design_matrix(observed: xr.Dataset) -> tuple[list[str], np.ndarray]:

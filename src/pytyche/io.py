@@ -8,11 +8,23 @@ store; where that call is unavailable (another OS, or a file system that refuses
 store is renamed aside, the new one renamed into place, and only then is the old one removed
 — a kill between those two renames leaves nothing at the target, and :func:`open_posterior`
 then names the sibling the interrupted write left. A killed writer may leave its temporary
-(``.<name>.pytyche-*``) beside the target; it is never read.
+(``.<name>.pytyche-*``) beside the target; it is never read. The final move of a write to a
+new path never replaces anything (Linux ``renameat2(RENAME_NOREPLACE)``, elsewhere an atomic
+claim of the name): of two writers racing for one new path, exactly one wins and the other gets
+``FileExistsError``. ``overwrite=True`` replaces only a pytyche posterior (a store or file whose
+metadata says so) or an empty directory.
+
+What a lazily opened posterior reads: its chunks are read from its path when computed. If the
+path is replaced after :func:`open_posterior` (a new store written over it), reading raises
+:class:`PosteriorReadError` instead of mixing in the replacement's numbers: reopen it.
+
+Zarr stores carry consolidated metadata, so ``xarray.open_zarr`` opens them quietly, and any
+reader (``xarray.open_zarr``, ``xarray.open_dataset``, :func:`open_posterior`) gives a Dataset
+that means the same once it becomes a posterior (:func:`pytyche.posterior`, ``ds.tyche``).
 
 Integrity: every Zarr variable carries a CRC32C checksum per chunk and netCDF's numeric
 variables a Fletcher-32 checksum per HDF5 chunk, so flipped bytes raise on read; every chunk
-of the posterior variables is written (none is left implicit as the fill value), and
+of every variable and coordinate is written (none is left implicit as the fill value), and
 :func:`open_posterior` checks that each one is present.
 """
 
@@ -23,10 +35,14 @@ import ctypes
 import ctypes.util
 import errno as _errno
 import itertools
+import json
 import os
 import shutil
+import stat
 import sys
+import tempfile
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,16 +53,32 @@ import pandas as pd
 import xarray as xr
 
 from ._config import get_options, worker_threads
+from ._validate import check_variable_name
 from .data import visitor_chunk
-from .results import ARM, CHAIN, DRAW, RESULT_TYPES, VISITOR, BCFResult, posterior
+from .results import (
+    ARM,
+    CHAIN,
+    DRAW,
+    MISSING_OF,
+    MISSING_SUFFIX,
+    RESULT_TYPES,
+    VISITOR,
+    BCFResult,
+    posterior,
+)
+from .segments import covariate_kind
 
-__all__ = ["PosteriorReadError", "open_posterior", "to_netcdf", "to_zarr"]
-
-# A text variable with missing values is stored with "" in their place plus a boolean
-# companion variable (this suffix, attribute MISSING_OF naming the text variable) that is True
-# where the value is missing; a genuine "" stays a value.
-MISSING_SUFFIX = "__pytyche_missing"
-MISSING_OF = "pytyche_missing_of"
+__all__ = [
+    "PosteriorReadError",
+    "check_write_target",
+    "is_posterior_store",
+    "open_posterior",
+    "to_netcdf",
+    "to_zarr",
+]
+# xarray stores a coordinate whose name has a space as a data variable, and says so; a
+# posterior reads every variable along visitor but the draws as a coordinate, so nothing is lost.
+_SPACE_IN_NAME = r"coordinate .* has a space in its name"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _CDF_MAGIC = b"CDF"
 
@@ -59,9 +91,11 @@ def to_zarr(result, path, *, overwrite: bool = False) -> Path:
     """Write a posterior to a Zarr (format 3) store, atomically.
 
     The big variables are stored visitor-major, in chunks of about 128 MB that split
-    ``visitor`` only, every chunk written and checksummed (CRC32C). Text covariates are stored
-    as variable-length UTF-8 strings; missing text values are recorded in a boolean companion
-    variable, so a genuine empty string reads back as ``""`` and a missing value as missing.
+    ``visitor`` only, every chunk written and checksummed (CRC32C), with consolidated metadata.
+    Text is stored as variable-length UTF-8 strings; missing text values are recorded in a
+    boolean companion variable, so a genuine empty string reads back as ``""`` and a missing
+    value as missing, whichever reader opens the store. An object column of numbers or
+    booleans is stored as numbers or booleans, not as text.
 
     Parameters
     ----------
@@ -70,8 +104,9 @@ def to_zarr(result, path, *, overwrite: bool = False) -> Path:
     path : str or os.PathLike
         The store's directory.
     overwrite : bool, default False
-        Replace an existing store (or file) at ``path``. The old store stays in place until
-        the new one is complete.
+        Replace what is at ``path``, if it is a pytyche posterior (a store or netCDF file
+        written by pytyche) or an empty directory; anything else is refused. The old store
+        stays in place until the new one is complete.
 
     Returns
     -------
@@ -81,13 +116,20 @@ def to_zarr(result, path, *, overwrite: bool = False) -> Path:
     Raises
     ------
     FileExistsError
-        When ``path`` exists and ``overwrite`` is False.
-    TypeError, ValueError
+        When ``path`` exists and ``overwrite`` is False, or another writer created ``path``
+        while this one was writing (the other write is kept).
+    ValueError
+        When ``overwrite`` is True but ``path`` holds something that is not a pytyche
+        posterior, or ``path`` names no entry (``"."``), or a variable cannot be stored
+        exactly (a name Zarr cannot hold, text that is not valid Unicode, an object column
+        mixing kinds of values).
+    TypeError
         When ``result`` is not a posterior in the contract.
     """
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    ds = _prepare(result, get_options()["chunk_bytes"])
+    target = check_write_target(path, overwrite=overwrite)
+    ds = _prepare(result, get_options()["chunk_bytes"], fmt="Zarr")
     encoding = {}
     for name, var in ds.variables.items():
         # Zarr's default compressor, then a checksum of the compressed bytes.
@@ -96,16 +138,20 @@ def to_zarr(result, path, *, overwrite: bool = False) -> Path:
             encoding[name]["chunks"] = var.data.chunksize
 
     def write(tmp: Path) -> None:
-        ds.to_zarr(
-            tmp,
-            mode="w-",
-            zarr_format=3,
-            consolidated=False,
-            encoding=encoding,
-            write_empty_chunks=True,
-        )
+        with warnings.catch_warnings():
+            # Zarr 3 calls consolidated metadata an extension; xarray reads it quietly.
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not")
+            warnings.filterwarnings("ignore", message=_SPACE_IN_NAME)
+            ds.to_zarr(
+                tmp,
+                mode="w-",
+                zarr_format=3,
+                consolidated=True,
+                encoding=encoding,
+                write_empty_chunks=True,
+            )
 
-    return _atomic_write(Path(path), write, overwrite)
+    return _atomic_write(target, write, overwrite)
 
 
 def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
@@ -121,7 +167,8 @@ def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
     path : str or os.PathLike
         The file.
     overwrite : bool, default False
-        Replace an existing file at ``path`` (in one atomic rename).
+        Replace an existing pytyche posterior file at ``path`` (in one atomic rename);
+        anything else is refused.
 
     Returns
     -------
@@ -131,19 +178,19 @@ def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
     Raises
     ------
     FileExistsError
-        When ``path`` exists and ``overwrite`` is False.
+        When ``path`` exists and ``overwrite`` is False, or another writer created ``path``
+        while this one was writing (the other write is kept).
     IsADirectoryError
         When ``path`` is a directory (a Zarr store, say): it is never replaced by a file.
-    TypeError, ValueError
+    ValueError
+        When ``overwrite`` is True but ``path`` is not a pytyche posterior file, or a
+        variable cannot be stored exactly: besides the cases of :func:`to_zarr`, text holding
+        a NUL character (netCDF would cut it there).
+    TypeError
         When ``result`` is not a posterior in the contract.
     """
-    ds = _prepare(result, get_options()["chunk_bytes"])
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(
-            f"{target} is a directory; to_netcdf writes a single file and does not replace a "
-            "directory (remove it, or write the netCDF file elsewhere)"
-        )
+    target = check_write_target(path, overwrite=overwrite, directory=False)
+    ds = _prepare(result, get_options()["chunk_bytes"], fmt="netCDF")
     encoding = {}
     for name, var in ds.variables.items():
         if _is_text(var.dtype) or var.ndim == 0:
@@ -156,7 +203,9 @@ def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
             encoding[name]["chunksizes"] = (rows, *var.shape[1:])
 
     def write(tmp: Path) -> None:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SPACE_IN_NAME)
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
 
     return _atomic_write(target, write, overwrite)
 
@@ -165,8 +214,8 @@ def open_posterior(path, chunks="auto") -> BCFResult:
     """Open a posterior written by :func:`to_zarr` or :func:`to_netcdf`, lazily.
 
     Nothing but metadata and the index coordinates (``arm``, and ``visitor`` when it has
-    labels) is read; a Zarr store's chunk listing is checked so that a missing chunk of a
-    posterior variable is an error here. The big variables come back as dask arrays in the
+    labels) is read; a Zarr store's chunk listing is checked so that a missing chunk of any
+    variable or coordinate is an error here. The big variables come back as dask arrays in the
     visitor-major layout (visitor, [chain,] draw, arm); a store in another axis order is
     transposed lazily. A chunk that cannot be read (truncated, or failing its checksum)
     raises :class:`PosteriorReadError` naming the variable, the visitors and the path when
@@ -191,14 +240,17 @@ def open_posterior(path, chunks="auto") -> BCFResult:
         When nothing is at ``path`` (the message names any ``.<name>.pytyche-*`` sibling an
         interrupted write left).
     PosteriorReadError
-        When the path is neither a Zarr store nor a netCDF file, holds a Dataset that is not
-        a pytyche posterior, or a Zarr store lacks chunks of a posterior variable (the
-        message says what is wrong).
+        When the path is neither a Zarr store nor a netCDF file (a named pipe or a device
+        is refused without being opened), holds a Dataset that is not a pytyche posterior,
+        or a Zarr store lacks a chunk of any variable or coordinate (the message says what
+        is wrong). Computing a chunk raises it too once the path has been replaced by
+        another store after opening: reopen the path to read the new posterior.
     """
     target = Path(path)
     if not target.exists():
         raise FileNotFoundError(_not_found(target))
     engine = _engine(target)
+    identity = _identity(target)
     kwargs = {"consolidated": False} if engine == "zarr" else {}
     try:
         raw = xr.open_dataset(target, engine=engine, chunks=None, **kwargs)
@@ -213,7 +265,7 @@ def open_posterior(path, chunks="auto") -> BCFResult:
                 f"{target} is not a pytyche posterior: it has no 'pytyche_family' attribute "
                 f"(attributes: {sorted(raw.attrs)}; variables: {list(raw.data_vars)})"
             )
-        if family not in RESULT_TYPES:
+        if not isinstance(family, str) or family not in RESULT_TYPES:
             raise PosteriorReadError(
                 f"{target}: unknown pytyche_family {family!r}; expected one of "
                 f"{sorted(RESULT_TYPES)}"
@@ -226,8 +278,8 @@ def open_posterior(path, chunks="auto") -> BCFResult:
                 f"{missing} (found {list(raw.data_vars)})"
             )
         if engine == "zarr":
-            _check_zarr_chunks(target, names)
-        ds = _lazy(raw, names, target, chunks)
+            _check_zarr_chunks(target)
+        ds = _lazy(raw, names, target, chunks, identity)
         try:
             return posterior(ds)
         except (TypeError, ValueError) as error:
@@ -242,8 +294,123 @@ def open_posterior(path, chunks="auto") -> BCFResult:
 # --------------------------------------------------------------------------- writing
 
 
-def _prepare(result, chunk_bytes: int) -> xr.Dataset:
-    """The Dataset to write: visitor-major, visitor-only chunks, text with a missing mask."""
+def check_write_target(path, *, overwrite: bool = False, directory: bool = True) -> Path:
+    """Check, before any work, that a posterior may be written at ``path``.
+
+    :func:`to_zarr` and :func:`to_netcdf` call it first; the ``pytyche demo`` command calls it
+    before fitting.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where the posterior is to go.
+    overwrite : bool, default False
+        Whether an existing posterior at ``path`` may be replaced.
+    directory : bool, default True
+        True for a Zarr store (a directory), False for a netCDF file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` names no entry of a directory (``"."``, ``".."``, ``"/"``), or
+        ``overwrite`` is True and what is at ``path`` is neither a pytyche posterior (a Zarr
+        store or netCDF file whose metadata has ``pytyche_family``) nor an empty directory.
+    FileExistsError
+        When something is at ``path`` and ``overwrite`` is False.
+    IsADirectoryError
+        When ``directory`` is False and ``path`` is a directory.
+    FileNotFoundError, NotADirectoryError, PermissionError
+        When the parent directory does not exist, is not a directory, or is not writable.
+    """
+    given = Path(path)
+    if given.name in ("", ".", "..") or str(path).rstrip("/\\").endswith(("/.", "/..")):
+        raise ValueError(
+            f"path {str(path)!r} names no entry of a directory; give the posterior its own "
+            "name, such as 'posterior.zarr'"
+        )
+    target = given
+    parent = target.parent
+    if not parent.exists():
+        raise FileNotFoundError(f"cannot write {target}: its directory {parent} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {target}: {parent} is not a directory")
+    try:  # a real probe: permission bits say nothing to root, or on a read-only mount
+        handle, probe = tempfile.mkstemp(prefix=".pytyche-probe-", dir=parent)
+    except OSError as error:
+        raise PermissionError(
+            f"cannot write {target}: the directory {parent} is not writable ({error.strerror})"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    if target.is_dir() and not directory:
+        raise IsADirectoryError(
+            f"{target} is a directory; to_netcdf writes a single file and does not replace a "
+            "directory (remove it, or write the netCDF file elsewhere)"
+        )
+    if target.is_dir() and not any(target.iterdir()):
+        return target
+    if not is_posterior_store(target):
+        kind = "directory" if target.is_dir() else "file"
+        raise ValueError(
+            f"{target} is a {kind} that is not a pytyche posterior; overwrite=True replaces "
+            "only a posterior pytyche wrote (or an empty directory). Remove it yourself if it "
+            "may go, or write elsewhere"
+        )
+    return target
+
+
+def is_posterior_store(path) -> bool:
+    """Whether ``path`` is a Zarr store or netCDF file whose metadata names a pytyche family.
+
+    Reads metadata only (the root attributes), never data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    bool
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+                meta = path / name
+                if meta.is_file():
+                    attrs = json.loads(meta.read_text(encoding="utf-8"))
+                    attrs = attrs.get(key, {}) if key else attrs
+                    return isinstance(attrs, dict) and "pytyche_family" in attrs
+            return False
+        if not path.is_file():
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if not (head.startswith(_HDF5_MAGIC) or head.startswith(_CDF_MAGIC)):
+            return False
+        import netCDF4
+
+        with netCDF4.Dataset(path, "r") as nc:
+            return "pytyche_family" in nc.ncattrs()
+    except (OSError, ValueError):
+        return False
+
+
+def _prepare(result, chunk_bytes: int, fmt: str) -> xr.Dataset:
+    """The Dataset to write: visitor-major, visitor-only chunks, every variable exact.
+
+    Text gets a missing-value companion; object columns of numbers or booleans become numbers
+    or booleans; names and text that the format cannot keep exactly raise ValueError.
+    """
     if isinstance(result, xr.Dataset):
         result = posterior(result)
     if not isinstance(result, BCFResult):
@@ -252,6 +419,8 @@ def _prepare(result, chunk_bytes: int) -> xr.Dataset:
             f"{type(result).__name__}"
         )
     ds = result.dataset
+    for name in ds.variables:
+        check_variable_name(name)
     order = (VISITOR, *result.sample_dims, ARM)
     data_vars = {}
     for name in result.metric_variables:
@@ -263,71 +432,144 @@ def _prepare(result, chunk_bytes: int) -> xr.Dataset:
     for name, coord in ds.coords.items():
         # Encoding from the store a result was read from does not carry over.
         variable = xr.Variable(coord.dims, coord.variable.data, coord.attrs)
+        missing = None
+        if variable.dtype.kind == "O" and not isinstance(variable.data, da.Array):
+            variable = _typed_object(variable, str(name))
         if _is_text(variable.dtype):
-            text, missing = _encode_text(variable.data)
+            text, missing = _encode_text(variable.data, str(name), fmt)
             variable = xr.Variable(variable.dims, text, variable.attrs)
-            if missing is not None:
-                mask = f"{name}{MISSING_SUFFIX}"
-                if mask in ds.variables:
-                    raise ValueError(f"a variable may not be named {mask!r}: pytyche uses it")
-                coords[mask] = xr.Variable(variable.dims, missing, {MISSING_OF: str(name)})
+        if missing is not None:
+            coords[f"{name}{MISSING_SUFFIX}"] = xr.Variable(
+                variable.dims, missing, {MISSING_OF: str(name)}
+            )
         coords[name] = variable
     return xr.Dataset(data_vars, coords=coords, attrs=dict(ds.attrs))
+
+
+def _typed_object(variable: xr.Variable, name: str) -> xr.Variable:
+    """An in-memory object variable as the kind its values are: numbers, booleans or text."""
+    values = np.asarray(variable.values)
+    try:
+        kind = covariate_kind(values, name)
+    except TypeError as error:
+        raise ValueError(
+            f"cannot store {name!r} exactly: {error}. A store keeps one kind per variable "
+            "(1 and '1' would read back as the same text); convert it to one kind first"
+        ) from None
+    if kind == "text":
+        return variable
+    missing = np.asarray(pd.isna(values), dtype=bool)
+    if kind == "bool":
+        if missing.any():
+            raise ValueError(
+                f"cannot store {name!r} exactly: it holds booleans with missing values, which "
+                "a store cannot keep as booleans; fill them, or convert the column to text or "
+                "float"
+            )
+        return variable.copy(data=values.astype(bool))
+    if not missing.any() and all(isinstance(v, int | np.integer) for v in values.flat):
+        try:
+            return variable.copy(data=values.astype(np.int64))
+        except OverflowError:
+            pass
+    return variable.copy(data=np.where(missing, np.nan, values).astype(np.float64))
 
 
 def _is_text(dtype) -> bool:
     return np.dtype(dtype).kind in "OUST"
 
 
-def _encode_text(data):
+def _encode_text(data, name: str, fmt: str):
     """(text as object array of str with "" where missing, boolean missing mask or None).
 
     The mask is None for in-memory text without missing values; lazy text always gets one.
     """
     if isinstance(data, da.Array):
-        text = data.map_blocks(lambda b: _encode_text_block(b)[0], dtype=object)
-        missing = data.map_blocks(lambda b: _encode_text_block(b)[1], dtype=bool)
+        text = data.map_blocks(lambda b: _encode_text_block(b, name, fmt)[0], dtype=object)
+        missing = data.map_blocks(lambda b: _encode_text_block(b, name, fmt)[1], dtype=bool)
         return text, missing
-    text, missing = _encode_text_block(np.asarray(data))
+    text, missing = _encode_text_block(np.asarray(data), name, fmt)
     return text, (missing if missing.any() else None)
 
 
-def _encode_text_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _encode_text_block(block: np.ndarray, name: str, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     out = np.asarray(block, dtype=object).copy()
     missing = np.asarray(pd.isna(out), dtype=bool)
     out[missing] = ""
     for i, value in enumerate(out.flat):
-        if not isinstance(value, str):
-            out.flat[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"text variable {name!r} holds bytes {_excerpt(value)} that are not valid "
+                    f"UTF-8 ({error.reason} at byte {error.start}); decode them yourself"
+                ) from None
+        elif not isinstance(value, str):
+            raise ValueError(
+                f"text variable {name!r} holds {value!r} ({type(value).__name__}) among its "
+                "text; a store keeps one kind per variable: convert the column to one kind"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"text variable {name!r} holds {_excerpt(value)}, which is not valid Unicode "
+                f"({error.reason}, character {error.start}); fix or drop that value"
+            ) from None
+        if fmt == "netCDF" and "\x00" in value:
+            raise ValueError(
+                f"text variable {name!r} holds {_excerpt(value)} with a NUL character "
+                "('\\x00'), which netCDF cuts the text at; remove it, or write to Zarr "
+                "(pytyche.to_zarr keeps it)"
+            )
+        out.flat[i] = value
     return out, missing
+
+
+def _excerpt(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _atomic_write(target: Path, write, overwrite: bool) -> Path:
     """Run ``write(tmp)`` on a temporary beside ``target``, then move it into place.
 
-    The write runs in a private thread pool set as dask's pool, so that after a failed task
-    every chunk write still running has finished before the temporary is removed (else it
-    could be recreated under us).
+    A new path is claimed without replacing anything (another writer's store is kept); an
+    existing one (``overwrite=True``, already checked) is swapped. The write runs in a
+    private thread pool set as dask's pool, so that after a failed task every chunk write
+    still running has finished before the temporary is removed (else it could be recreated
+    under us).
     """
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     token = uuid.uuid4().hex
     tmp = target.parent / f".{target.name}.pytyche-{token}.tmp"
     old = target.parent / f".{target.name}.pytyche-{token}.old"
     try:
         with ThreadPoolExecutor(worker_threads()) as pool, dask.config.set(pool=pool):
             write(tmp)
-        if tmp.is_file() and not target.is_dir():
-            os.replace(tmp, target)  # a file over a file (or nothing): one atomic step
-        elif target.exists() or target.is_symlink():
-            if _exchange(tmp, target):
-                _remove(tmp)  # it now holds the old store
-            else:
-                os.rename(target, old)
-                os.rename(tmp, target)
-                _remove(old)
+        moved = False
+        if not overwrite or not (target.exists() or target.is_symlink()):
+            try:
+                _rename_noreplace(tmp, target)
+                moved = True
+            except FileExistsError:
+                if not overwrite:
+                    raise FileExistsError(
+                        f"{target} was created by another writer while this one was writing; "
+                        "its posterior is kept and this one discarded (write elsewhere, or "
+                        "pass overwrite=True to replace it)"
+                    ) from None
+                # overwrite=True: another writer's posterior appeared meanwhile; replace it.
+        if moved:
+            pass
+        elif tmp.is_file() and not target.is_dir():
+            os.replace(tmp, target)  # a file over a file: one atomic step
+        elif _exchange(tmp, target):
+            _remove(tmp)  # it now holds the old store
         else:
+            os.rename(target, old)
             os.rename(tmp, target)
+            _remove(old)
     except BaseException:
         _remove(tmp)
         # Put the old store back if the new one never arrived.
@@ -346,7 +588,33 @@ def _remove(path: Path) -> None:
 
 
 _AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+_UNSUPPORTED = (_errno.EINVAL, _errno.ENOSYS, _errno.EOPNOTSUPP, _errno.ENOTSUP)
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` atomically, raising FileExistsError if ``dst`` exists.
+
+    Linux ``renameat2(RENAME_NOREPLACE)``; where that is unavailable, the name is claimed
+    first by an atomic exclusive create (``mkdir`` for a directory, ``O_EXCL`` for a file),
+    which fails for every writer but one, and the claim is then replaced.
+    """
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        flags = _RENAME_NOREPLACE
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+            return
+        errno = ctypes.get_errno()
+        if errno == _errno.EEXIST:
+            raise FileExistsError(errno, os.strerror(errno), str(dst))
+        if errno not in _UNSUPPORTED:
+            raise OSError(errno, os.strerror(errno), str(src), None, str(dst))
+    if src.is_dir():
+        os.mkdir(dst)  # FileExistsError for all but one writer
+    else:
+        os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    os.replace(src, dst)  # replaces only our own empty claim
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -362,7 +630,7 @@ def _exchange(a: Path, b: Path) -> bool:
     if result == 0:
         return True
     errno = ctypes.get_errno()
-    if errno in (_errno.EINVAL, _errno.ENOSYS, _errno.EOPNOTSUPP, _errno.ENOTSUP):
+    if errno in _UNSUPPORTED:
         return False
     raise OSError(errno, os.strerror(errno), str(a), None, str(b))
 
@@ -405,6 +673,12 @@ def _engine(target: Path) -> str:
         if (target / "zarr.json").exists() or (target / ".zgroup").exists():
             return "zarr"
         raise PosteriorReadError(f"{target} is a directory but not a Zarr store")
+    mode = target.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise PosteriorReadError(
+            f"{target} is neither a regular file nor a directory (it is a "
+            f"{_file_kind(mode)}); a posterior is a Zarr store directory or a netCDF file"
+        )
     with open(target, "rb") as handle:
         head = handle.read(8)
     if head.startswith(_HDF5_MAGIC) or head.startswith(_CDF_MAGIC):
@@ -412,16 +686,32 @@ def _engine(target: Path) -> str:
     raise PosteriorReadError(f"{target} is neither a Zarr store nor a netCDF file")
 
 
-def _check_zarr_chunks(target: Path, names) -> None:
-    """Every chunk (or shard) of the posterior variables exists: one directory listing each.
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "named pipe",
+        stat.S_ISSOCK: "socket",
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), "special file")
 
-    A missing chunk would otherwise read back as the fill value, without an error.
+
+def _identity(target: Path) -> tuple[int, int]:
+    """What a replacement of ``target`` changes: its device and inode numbers."""
+    info = target.stat()
+    return info.st_dev, info.st_ino
+
+
+def _check_zarr_chunks(target: Path) -> None:
+    """Every chunk (or shard) of every array exists: one directory listing each.
+
+    A missing chunk would otherwise read back as the fill value (``""`` for text, NaN for
+    floats), without an error.
     """
     import zarr
 
-    group = zarr.open_group(target, mode="r")
-    for name in names:
-        array = group[name]
+    group = zarr.open_group(target, mode="r", use_consolidated=False)
+    for name, array in sorted(group.arrays()):
         grid = array.shards or array.chunks
         counts = [-(-size // chunk) for size, chunk in zip(array.shape, grid, strict=True)]
         root = target / name
@@ -433,16 +723,24 @@ def _check_zarr_chunks(target: Path, names) -> None:
         for index in itertools.product(*(range(count) for count in counts)):
             key = array.metadata.encode_chunk_key(index)
             if key not in present:
+                where = ""
+                if index:
+                    dims = getattr(array.metadata, "dimension_names", None) or ("rows",)
+                    label = "visitors" if dims[0] == VISITOR else f"{dims[0]} entries"
+                    stop = min(array.shape[0], (index[0] + 1) * grid[0])
+                    where = f", {label} {index[0] * grid[0]}-{stop}"
                 raise PosteriorReadError(
                     f"{target}: variable {name!r} is missing its chunk {key!r} (chunk index "
-                    f"{index}, visitors {index[0] * grid[0]}-"
-                    f"{min(array.shape[0], (index[0] + 1) * grid[0])}): the store is "
-                    "incomplete or damaged"
+                    f"{index}{where}): the store is incomplete or damaged"
                 )
 
 
-def _lazy(raw: xr.Dataset, names, target: Path, chunks) -> xr.Dataset:
-    """Wrap the store's lazily indexed variables in dask, visitor-major, errors made clear."""
+def _lazy(raw: xr.Dataset, names, target: Path, chunks, identity) -> xr.Dataset:
+    """Wrap the store's lazily indexed variables in dask, visitor-major, errors made clear.
+
+    Missing-text companions stay as they are stored: :func:`pytyche.posterior` decodes them,
+    as it does for any reader's Dataset.
+    """
     data_vars = {}
     for name in names:
         var = raw[name].variable
@@ -456,17 +754,13 @@ def _lazy(raw: xr.Dataset, names, target: Path, chunks) -> xr.Dataset:
         # Contract order; any other dim goes last (and fails validation).
         var = var.transpose(VISITOR, *(d for d in (CHAIN, DRAW, ARM) if d in var.dims), ...)
         rows = _rows(chunks, var, stored_rows)
-        data_vars[name] = (var.dims, _guarded(var, name, target, rows), var.attrs)
-    masks = {
-        var.attrs[MISSING_OF]: name
-        for name, var in raw.variables.items()
-        if MISSING_OF in var.attrs
-    }
+        data_vars[name] = (var.dims, _guarded(var, name, target, rows, identity), var.attrs)
     coords = {}
-    for name, coord in raw.coords.items():
-        if name in masks.values():
+    # A data variable along visitor alone is a coordinate too: a store keeps a name with a
+    # space as a data variable (it cannot be listed in the 'coordinates' attribute).
+    for name, variable in raw.variables.items():
+        if name in names or (name in raw.data_vars and variable.dims != (VISITOR,)):
             continue
-        variable = coord.variable
         if name in raw.indexes or variable.ndim == 0:
             try:
                 variable = variable.load()
@@ -479,14 +773,9 @@ def _lazy(raw: xr.Dataset, names, target: Path, chunks) -> xr.Dataset:
                 variable = variable.copy(data=variable.values.astype(object))
         else:
             rows = visitor_chunk(variable.shape, variable.dtype.itemsize)
-            data = _guarded(variable, name, target, rows)
+            data = _guarded(variable, name, target, rows, identity)
             if _is_text(variable.dtype):
-                mask = masks.get(name)
-                if mask is None:
-                    data = data.map_blocks(_as_object, dtype=object)
-                else:
-                    missing = _guarded(raw.variables[mask], mask, target, rows)
-                    data = da.map_blocks(_decode_text_block, data, missing, dtype=object)
+                data = data.map_blocks(_as_object, dtype=object)
             variable = xr.Variable(variable.dims, data, variable.attrs)
         coords[name] = variable
     return xr.Dataset(data_vars, coords=coords, attrs=dict(raw.attrs))
@@ -494,12 +783,6 @@ def _lazy(raw: xr.Dataset, names, target: Path, chunks) -> xr.Dataset:
 
 def _as_object(block: np.ndarray) -> np.ndarray:
     return np.asarray(block).astype(object)
-
-
-def _decode_text_block(block: np.ndarray, missing: np.ndarray) -> np.ndarray:
-    out = _as_object(block)
-    out[np.asarray(missing, dtype=bool)] = np.nan  # how xarray marks missing text in memory
-    return out
 
 
 def _rows(chunks, var: xr.Variable, stored_rows: int | None) -> int:
@@ -516,10 +799,10 @@ def _rows(chunks, var: xr.Variable, stored_rows: int | None) -> int:
     return max(1, min(rows, var.shape[0]))
 
 
-def _guarded(var: xr.Variable, name: str, target: Path, rows: int) -> da.Array:
+def _guarded(var: xr.Variable, name: str, target: Path, rows: int, identity) -> da.Array:
     """A dask array over a stored variable, split along its first axis only."""
     return da.from_array(
-        _GuardedReader(var, name, target),
+        _GuardedReader(var, name, target, identity),
         chunks=(rows, *var.shape[1:]),
         asarray=False,
         fancy=False,
@@ -530,12 +813,17 @@ def _guarded(var: xr.Variable, name: str, target: Path, rows: int) -> da.Array:
 
 
 class _GuardedReader:
-    """Array-like over one stored variable; a failed read names the variable and visitors."""
+    """Array-like over one stored variable; a failed read names the variable and visitors.
 
-    def __init__(self, variable: xr.Variable, name: str, path: Path):
+    A read that finds the path replaced since opening (another inode) raises: its bytes may
+    come from the replacement.
+    """
+
+    def __init__(self, variable: xr.Variable, name: str, path: Path, identity):
         self.variable = variable
         self.name = name
         self.path = path
+        self.identity = identity
         self.shape = variable.shape
         self.dtype = variable.dtype
         self.ndim = variable.ndim
@@ -550,6 +838,16 @@ class _GuardedReader:
                 f"{self.path}: could not read {where} of {self.name!r} (truncated or corrupt "
                 f"chunk?): {type(error).__name__}: {error}"
             ) from error
+        try:
+            now = _identity(self.path)
+        except OSError:
+            now = None
+        if now != self.identity:
+            raise PosteriorReadError(
+                f"{self.path} was replaced or removed after it was opened, so {self.name!r} "
+                "can no longer be read as the posterior that was opened; reopen it with "
+                "pytyche.open_posterior"
+            )
         expected = tuple(
             len(range(*k.indices(n))) if isinstance(k, slice) else None
             for k, n in zip(key if isinstance(key, tuple) else (key,), self.shape, strict=False)

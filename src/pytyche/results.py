@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -12,12 +13,15 @@ import xarray as xr
 from ._validate import check_arm_names, check_choice
 
 __all__ = [
+    "MISSING_OF",
+    "MISSING_SUFFIX",
     "SCHEMA_VERSION",
     "BCFResult",
     "BinaryBCFResult",
     "ContinuousBCFResult",
     "HurdleBCFResult",
     "check_posterior",
+    "decode_missing_text",
     "posterior",
     "posterior_dataset",
     "result_type",
@@ -25,6 +29,13 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 VISITOR, DRAW, CHAIN, ARM = "visitor", "draw", "chain", "arm"
+# A text variable with missing values is stored with "" in their place plus a boolean
+# companion variable named ``<name>__pytyche_missing`` (attribute MISSING_OF naming the text
+# variable) that is True where the value is missing; a genuine "" stays a value. Every
+# Dataset that becomes a posterior is decoded (see decode_missing_text), whichever reader
+# opened the store.
+MISSING_SUFFIX = "__pytyche_missing"
+MISSING_OF = "pytyche_missing_of"
 
 
 class BCFResult:
@@ -34,7 +45,9 @@ class BCFResult:
     :class:`HurdleBCFResult`, and the declared type of every ``posterior`` argument. Subclasses
     name their family and the variables whose product is the per-visitor expected
     metric. Construction checks dims, coordinates and attributes only; it never loads the
-    posterior's draws.
+    posterior's draws. A Dataset as a store holds it is read as the contract says: data
+    variables along ``visitor`` alone are observed data (coordinates), and missing-text
+    companions are applied (:func:`decode_missing_text`), whichever reader opened the store.
     """
 
     family: ClassVar[str]
@@ -45,6 +58,16 @@ class BCFResult:
             raise TypeError(
                 f"{type(self).__name__} wraps an xarray.Dataset, got {type(dataset).__name__}"
             )
+        # What a store keeps as a data variable along visitor (a name with a space cannot be
+        # marked as a coordinate on disk) is observed data, as the contract says.
+        visitor_vars = [
+            name
+            for name, var in dataset.data_vars.items()
+            if var.dims == (VISITOR,) and name not in self.metric_variables
+        ]
+        if visitor_vars:
+            dataset = dataset.set_coords(visitor_vars)
+        dataset = decode_missing_text(dataset)
         _check_contract(dataset, self.family, self.metric_variables)
         self._dataset = dataset
 
@@ -316,6 +339,76 @@ def check_posterior(posterior: Any) -> BCFResult:
     return posterior
 
 
+def decode_missing_text(dataset: xr.Dataset) -> xr.Dataset:
+    """Apply the missing-text companions of a stored posterior: missing values become NaN.
+
+    A text variable written with missing values has ``""`` in their place and a boolean
+    companion ``<name>__pytyche_missing`` (attribute ``pytyche_missing_of``) that is True where
+    the value is missing. Plain readers (``xr.open_dataset``, ``xr.open_zarr``) return both as
+    stored; this turns them back into one text variable (an object array of ``str``, missing
+    values as NaN, as xarray marks them in memory) and drops the companion. Lazy (dask-backed)
+    variables stay lazy.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        A Dataset as read from a store (or any Dataset; one without companions is returned
+        unchanged).
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Raises
+    ------
+    ValueError
+        When a companion does not have the dims of the text variable it marks.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset(coords={"device": ("visitor", ["a", ""]),
+    ...                         "device__pytyche_missing": ("visitor", [False, True],
+    ...                                                     {"pytyche_missing_of": "device"})})
+    >>> decode_missing_text(ds)["device"].values.tolist()
+    ['a', nan]
+    """
+    companions = {
+        name: str(var.attrs[MISSING_OF])
+        for name, var in dataset.variables.items()
+        if MISSING_OF in var.attrs
+    }
+    if not companions:
+        return dataset
+    decoded = dataset.drop_vars(list(companions))
+    for mask_name, name in companions.items():
+        if name not in dataset.variables:
+            continue
+        text, mask = dataset.variables[name], dataset.variables[mask_name]
+        if text.dims != mask.dims:
+            raise ValueError(
+                f"the missing-value companion {mask_name!r} of {name!r} has dims {mask.dims}; "
+                f"expected those of {name!r}, {text.dims}"
+            )
+        if isinstance(text.data, da.Array) or isinstance(mask.data, da.Array):
+            data = da.map_blocks(
+                _decode_text_block, da.asarray(text.data), da.asarray(mask.data), dtype=object
+            )
+        else:
+            data = _decode_text_block(text.values, mask.values)
+        variable = xr.Variable(text.dims, data, text.attrs)
+        if name in dataset.coords:
+            decoded = decoded.assign_coords({name: variable})
+        else:
+            decoded = decoded.assign({name: variable})
+    return decoded
+
+
+def _decode_text_block(text: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    out = np.asarray(text).astype(object)
+    out[np.asarray(missing, dtype=bool)] = np.nan  # how xarray marks missing text in memory
+    return out
+
+
 def _check_contract(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> None:
     """Check the contract from metadata alone (and the small ``variant`` labels in memory)."""
     declared = ds.attrs.get("pytyche_family", family)
@@ -359,7 +452,14 @@ def _check_contract(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> 
         raise ValueError(f"the posterior has no samples: {empty}; expected at least one draw")
     if ARM not in ds.coords:
         raise ValueError("the posterior has no 'arm' coordinate naming its variants")
-    arms = check_arm_names([str(a) for a in ds[ARM].values])
+    labels = ds[ARM].values.tolist()
+    if any(not isinstance(label, str) for label in labels):
+        raise ValueError(
+            f"the 'arm' coordinate must hold the arm names as text (str), got {labels!r} "
+            f"(dtype {ds[ARM].dtype}); relabel it with text, e.g. "
+            "ds.assign_coords(arm=['control', 'A', ...]) (bytes: decode them as UTF-8)"
+        )
+    arms = check_arm_names(labels)
     if "variant" in ds.coords:
         variant = ds.coords["variant"]
         if variant.dims != (VISITOR,):

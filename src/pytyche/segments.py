@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 VISITOR = "visitor"
+# Segment ids are stored as int64 (the ``segment`` coordinate).
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 _SET_OPS = ("in", "not in")
 _ORDERED_OPS = ("<", "<=", ">", ">=")
@@ -263,6 +265,12 @@ class Clause:
 
     Notes
     -----
+    Numbers are compared exactly as stored against the literal as written (a float64):
+    a float32 covariate is widened to float64 first, never the literal rounded to float32.
+    So ``x <= 0.1`` is False for ``float32(0.1)``, which is 0.10000000149..., and ``x < 1e-50``
+    is True for 0.0. To select the float32 values that print as 0.1, write a literal
+    between them and the next float32, or compare with a tolerance (``x < 0.1000001``).
+
     Equality is type-strict: ``Clause('x', '==', 1)`` differs from
     ``Clause('x', '==', True)`` and from ``Clause('x', '==', 1.0)``, because
     they print (and may evaluate) differently.
@@ -409,7 +417,13 @@ class Clause:
         # Check the original dtype: extension arrays (Int64, boolean) become object below.
         self.check_dtype(values.dtype)
         values = np.asarray(values)
+        if values.dtype.kind == "T":  # numpy's StringDType: its missing marker, if any, → NaN
+            values = values.astype(object)
         if values.dtype.kind != "O":  # fixed-width: only floats can be missing, as NaN
+            if values.dtype.kind == "f" and values.dtype.itemsize < 8:
+                # Compare in the literal's (float64) precision: widening is exact, whereas
+                # rounding the literal to float32 would make 0.0 < 1e-50 False.
+                values = values.astype(np.float64)
             out = self._compare(values)
             if values.dtype.kind == "f":
                 out &= ~np.isnan(values)
@@ -445,8 +459,21 @@ class _Token(NamedTuple):
     pos: int
 
 
+# Characters of rule text shown on each side of a parse error's position.
+EXCERPT_CHARS = 30
+
+
 def _error(text: str, pos: int, message: str) -> ValueError:
-    return ValueError(f"{message} at position {pos} in {text!r}")
+    """A parse error: the message, the 0-based position and a bounded excerpt around it."""
+    if len(text) <= 2 * EXCERPT_CHARS:
+        return ValueError(f"{message} at position {pos} in {text!r}")
+    lo, hi = max(0, pos - EXCERPT_CHARS), min(len(text), pos + EXCERPT_CHARS)
+    before, after = repr(text[lo:pos])[1:-1], repr(text[pos:hi])[1:-1]
+    excerpt = ("..." if lo else "") + before + after + ("..." if hi < len(text) else "")
+    pointer = " " * (len(before) + (3 if lo else 0)) + "^"
+    return ValueError(
+        f"{message} at position {pos} of {len(text):,} characters:\n  {excerpt}\n  {pointer}"
+    )
 
 
 def _tokenize(text: str) -> list[_Token]:
@@ -656,12 +683,12 @@ class SegmentRule:
 
     @classmethod
     def parse(cls, text: str) -> SegmentRule:
-        """Parse rule text.
+        r"""Parse rule text.
 
         The grammar is ``everyone`` or ``clause ("and" clause)*`` with
         ``clause := name op literal | name ("in" | "not in") "(" literal ("," literal)* [","] ")"``.
         Names are identifiers or backtick-quoted (a backtick doubled inside);
-        literals are quoted strings (escapes ``\\\\ \\' \\" \\n \\t``), finite
+        literals are quoted strings (escapes ``\\ \' \" \n \t``), finite
         ints and floats, ``True`` and ``False``.
 
         Parameters
@@ -676,7 +703,8 @@ class SegmentRule:
         Raises
         ------
         ValueError
-            If the text is malformed; the message gives the 0-based position.
+            If the text is malformed; the message gives the 0-based position (and, for a
+            long rule, an excerpt of at most 60 characters around it, not the whole text).
         TypeError
             If `text` is not a string.
 
@@ -856,9 +884,9 @@ class DiscoveredSegment:
         If `id` is not an integer, `rule` is neither a rule nor text, or a descriptive field
         has the wrong type.
     ValueError
-        If rule text is malformed, `gate_interval` is not a pair or its lower bound is above
-        its upper bound, or `population_share`, `stability_score` (NaN allowed) or an arm's
-        best probability is outside [0, 1].
+        If `id` does not fit in 64 bits, rule text is malformed, `gate_interval` is not a
+        pair or its lower bound is above its upper bound, or `population_share`,
+        `stability_score` (NaN allowed) or an arm's best probability is outside [0, 1].
 
     Examples
     --------
@@ -882,6 +910,11 @@ class DiscoveredSegment:
         if isinstance(self.id, bool | np.bool_) or not isinstance(self.id, int | np.integer):
             raise TypeError(
                 f"segment id must be an int, got {self.id!r} ({type(self.id).__name__})"
+            )
+        if not INT64_MIN <= int(self.id) <= INT64_MAX:
+            raise ValueError(
+                f"segment id must fit in a 64-bit signed integer ({INT64_MIN} to {INT64_MAX}), "
+                f"got {self.id}"
             )
         object.__setattr__(self, "id", int(self.id))
         if isinstance(self.rule, str):

@@ -378,10 +378,18 @@ def _check_sample_size(report, outcome, codes):
     if effect == 0 or len(report.arms) < 2:
         return
     control = outcome[codes == 0]
-    # ddof=0: for a 0/1 outcome this is exactly p (1 - p).
-    variance = float(np.var(control)) if control.size else 0.0
-    if variance == 0:
-        variance = float(np.var(outcome))
+    # ddof=0: for a 0/1 outcome this is exactly p (1 - p). Outcomes near the float range
+    # overflow the variance: that is a problem of the data, reported, not a warning raised.
+    with np.errstate(over="ignore", invalid="ignore"):
+        variance = float(np.var(control)) if control.size else 0.0
+        if variance == 0:
+            variance = float(np.var(outcome))
+    if not math.isfinite(variance):
+        report.problems.append(
+            "the outcome's variance overflows a float64 (values near "
+            f"{float(np.max(np.abs(outcome))):.3g}): rescale the outcome (e.g. to thousands)"
+        )
+        return
     if variance == 0:
         return
     z = float(ndtri(1 - ALPHA / 2) + ndtri(POWER))
