@@ -72,3 +72,4 @@ def test_analysis_module_is_the_public_namespace():
     assert pt.analysis.segment_means is pt.segment_means
     assert pt.analysis.win_frequencies is pt.win_frequencies
     assert pt.analysis.segment_summary is pt.segment_summary
+    assert pt.analysis.recommend is pt.recommend

@@ -3,6 +3,7 @@
 from . import accessor as _accessor  # noqa: F401  (registers ds.tyche)
 from . import analysis
 from ._config import get_options, set_options
+from ._version import __version__
 from .analysis import membership, segment_means, thompson_allocation, win_frequencies
 from .examples import example_posterior
 from .results import (
@@ -31,7 +32,17 @@ from .summary import segment_summary
 from .decisions import DecisionThresholds, Recommendation, recommend
 from .setup_check import SetupReport, check_setup
 
-__version__ = "0.1.0"
+# -- the sequential experiment: rounds, assignment, SRM, off-policy evaluation --
+# isort: split
+from . import sequential
+from .sequential import (
+    RoundPlan,
+    SequentialExperiment,
+    evaluate_policy,
+    open_experiment,
+    sequential_experiment,
+    simulate_sequential,
+)
 
 __all__ = [
     "BCFResult",
@@ -44,11 +55,15 @@ __all__ = [
     "PolicyTreeResult",
     "PosteriorReadError",
     "Recommendation",
+    "RoundPlan",
     "SegmentRule",
+    "SequentialExperiment",
     "SetupReport",
+    "__version__",
     "analysis",
     "as_segments",
     "check_setup",
+    "evaluate_policy",
     "example_posterior",
     "fit",
     "fit_binary_bcf",
@@ -60,14 +75,18 @@ __all__ = [
     "get_options",
     "membership",
     "observed_data",
+    "open_experiment",
     "open_posterior",
     "planted_segments",
     "posterior",
     "recommend",
     "segment_means",
     "segment_summary",
+    "sequential",
+    "sequential_experiment",
     "set_options",
     "simulate_experiment",
+    "simulate_sequential",
     "thompson_allocation",
     "to_netcdf",
     "to_zarr",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import analysis, decisions
+from . import analysis
+from .decisions import DecisionThresholds, Recommendation
 from .results import check_posterior, posterior
 
 
@@ -13,7 +14,7 @@ class TycheAccessor:
     """pytyche's methods on a posterior Dataset, as ``ds.tyche.<method>``.
 
     Each method wraps the Dataset with :func:`pytyche.posterior` and calls the function of
-    the same name in :mod:`pytyche.analysis` or :mod:`pytyche.decisions`.
+    the same name in :mod:`pytyche.analysis`.
     """
 
     def __init__(self, dataset: xr.Dataset):
@@ -48,12 +49,12 @@ class TycheAccessor:
         self,
         segments=None,
         *,
-        thresholds: decisions.DecisionThresholds | None = None,
+        thresholds: DecisionThresholds | None = None,
         min_practical_effect: float = 0.02,
         ci: float = 0.8,
-    ) -> decisions.Recommendation:
-        """Call :func:`pytyche.decisions.recommend` on this Dataset."""
-        return decisions.recommend(
+    ) -> Recommendation:
+        """Call :func:`pytyche.analysis.recommend` on this Dataset."""
+        return analysis.recommend(
             self.result,
             segments,
             thresholds=thresholds,

@@ -8,6 +8,7 @@ import xarray as xr
 
 from ._kernels import apply_exploration_floor
 from ._validate import check_probability
+from .decisions import recommend
 from .results import BCFResult, check_variant_labels
 from .segments import membership
 from .statistics import (
@@ -21,6 +22,7 @@ from .summary import segment_summary
 
 __all__ = [
     "membership",
+    "recommend",
     "segment_means",
     "segment_summary",
     "thompson_allocation",

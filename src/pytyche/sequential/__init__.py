@@ -1,0 +1,34 @@
+"""Sequential experiments: plans, sticky assignment, SRM checks, off-policy evaluation, audit.
+
+The loop: :func:`sequential_experiment` → ``exp.plan()`` (a :class:`RoundPlan`) →
+``plan.assign(visitors)`` → serve, collect outcomes → ``exp.record(observed)`` →
+``exp.advance()`` → the next plan. See ``docs/sequential.md``.
+"""
+
+from .assign import visitor_uniforms
+from .evaluate import evaluate_policy, policy_probabilities
+from .experiment import SequentialExperiment, logged_observed, sequential_experiment
+from .plan import CELLS, NO_SEGMENT, RoundPlan, check_schedule, round_size
+from .simulate import plot_regret, simulate_sequential
+from .srm import SampleRatioMismatchWarning, srm_test
+from .store import open_experiment, save_experiment
+
+__all__ = [
+    "CELLS",
+    "NO_SEGMENT",
+    "RoundPlan",
+    "SampleRatioMismatchWarning",
+    "SequentialExperiment",
+    "check_schedule",
+    "evaluate_policy",
+    "logged_observed",
+    "open_experiment",
+    "plot_regret",
+    "policy_probabilities",
+    "round_size",
+    "save_experiment",
+    "sequential_experiment",
+    "simulate_sequential",
+    "srm_test",
+    "visitor_uniforms",
+]

@@ -1,0 +1,884 @@
+"""The sequential experiment: plan a round, record its outcomes, advance to the next plan."""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .._version import __version__
+from ..analysis import segment_means
+from ..data import observed_data
+from ..fitting import fit
+from ..policy_tree import fit_policy_tree
+from .assign import MAX_SEED, visitor_keys
+from .plan import (
+    CELLS,
+    NO_SEGMENT,
+    RoundPlan,
+    check_arms,
+    check_schedule,
+    check_weight,
+    exploration_floor,
+    round_size,
+)
+from .srm import SampleRatioMismatchWarning, srm_test
+
+__all__ = [
+    "LOG_COORDS",
+    "SequentialExperiment",
+    "data_hash",
+    "logged_observed",
+    "sequential_experiment",
+]
+
+# Visitor coordinates the experiment logs beside the covariates; never covariates of a fit.
+LOG_COORDS = ("propensity", "cell", "round", "segment")
+# Fit options the experiment sets itself.
+RESERVED_FIT_OPTIONS = ("propensity", "family")
+# The logged propensity enters the fit as a covariate, which must lie strictly inside (0, 1):
+# probabilities of arms a round could not serve (dropped) are raised to this.
+FIT_PROPENSITY_FLOOR = 1e-6
+MAX_SHOWN = 5
+
+
+def sequential_experiment(
+    arms: Sequence[str],
+    *,
+    family: str = "hurdle",
+    min_control_weight: float = 0.05,
+    min_explore_weight: float = 0.05,
+    epsilon: float = 0.02,
+    max_segment_depth: int = 2,
+    min_segment_share: float = 0.1,
+    min_visitors_per_arm: int = 100,
+    schedule=None,
+    fit_options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    drop_threshold: float = 0.01,
+    graduation_threshold: float = 0.95,
+    graduation_loss: float = 0.01,
+) -> SequentialExperiment:
+    """Start a sequential experiment: rounds of Control + Explore + Optimized cells.
+
+    Round 0 has no posterior: control keeps its cell, everything else is uniform over the
+    arms. After each round, :meth:`SequentialExperiment.advance` refits the posterior on all
+    rounds, refits the policy tree and plans the next round.
+
+    Parameters
+    ----------
+    arms : sequence of str
+        Arm names, control first; at least 2, distinct.
+    family : {"hurdle", "binary", "continuous", "auto"}, default "hurdle"
+        Posterior family of the fits (see :func:`pytyche.fit`).
+    min_control_weight : float, default 0.05
+        Share of traffic in the control cell (always served control): a holdout for lift.
+    min_explore_weight : float, default 0.05
+        Share of traffic in the explore cell (uniform over the active arms). With
+        `min_control_weight`, at most 1; the rest is the optimized cell.
+    epsilon : float, default 0.02
+        Exploration floor inside the optimized cell (as :func:`pytyche.thompson_allocation`).
+    max_segment_depth : int, default 2
+        Depth of the policy tree that finds the segments (0: one segment, no splits).
+    min_segment_share : float, default 0.1
+        Smallest segment, as a share of the fitted visitors, in (0, 0.5].
+    min_visitors_per_arm : int, default 100
+        Burn-in: the optimized cell stays uniform (and no fit is made) until every active arm
+        has this many recorded visitors.
+    schedule : None, int, ("doubling", n), ("fixed", n) or list of int
+        Round sizes: None doubles from 1,000; see :func:`~pytyche.sequential.check_schedule`.
+    fit_options : mapping, optional
+        Options of :func:`pytyche.fit` (``n_draws``, ``n_trees_mu``, ...). Its ``seed``
+        (default: `seed`) plus the round index, modulo 2**31, seeds each round's fit.
+        ``propensity`` and ``family`` are set by the experiment.
+    seed : int, default 0
+        Key of the assignment hash and base of the fit seeds; 0 to 2**64 - 1.
+    drop_threshold : float, default 0.01
+        An arm (never control) whose posterior probability of being best is below this in
+        every segment is dropped from the next round on.
+    graduation_threshold : float, default 0.95
+        A (segment, arm) pair whose probability of being best is at least this ...
+    graduation_loss : float, default 0.01
+        ... and whose expected loss is at most this fraction of the segment's best posterior
+        mean metric is reported as a graduation candidate (never shipped automatically).
+
+    Returns
+    -------
+    SequentialExperiment
+
+    Raises
+    ------
+    ValueError
+        For weights outside [0, 1], ``min_control_weight + min_explore_weight > 1``, fewer
+        than 2 arms, duplicate arm names, a bad schedule, depth, share, count, seed or fit
+        option; the message names the argument and its value.
+
+    Examples
+    --------
+    >>> from pytyche.sequential import sequential_experiment
+    >>> exp = sequential_experiment(["control", "A", "B"], schedule=("fixed", 2_000))
+    >>> plan = exp.plan()
+    >>> plan.round, plan.size, plan.status
+    (0, 2000, 'initial')
+    """
+    arms = check_arms(arms)
+    c = check_weight("min_control_weight", min_control_weight)
+    e = check_weight("min_explore_weight", min_explore_weight)
+    if c + e > 1.0 + 1e-12:
+        raise ValueError(
+            f"min_control_weight + min_explore_weight must be at most 1, got {c} + {e} = "
+            f"{c + e}; lower one of them"
+        )
+    if family not in ("hurdle", "binary", "continuous", "auto"):
+        raise ValueError(
+            f"family must be 'hurdle', 'binary', 'continuous' or 'auto', got {family!r}"
+        )
+    if isinstance(max_segment_depth, bool) or not isinstance(max_segment_depth, Integral):
+        raise ValueError(f"max_segment_depth must be an integer 0..6, got {max_segment_depth!r}")
+    if not 0 <= int(max_segment_depth) <= 6:
+        raise ValueError(f"max_segment_depth must be 0..6, got {max_segment_depth!r}")
+    if (
+        isinstance(min_segment_share, bool)
+        or not isinstance(min_segment_share, Real)
+        or not 0.0 < float(min_segment_share) <= 0.5
+    ):
+        raise ValueError(f"min_segment_share must be in (0, 0.5], got {min_segment_share!r}")
+    if (
+        isinstance(min_visitors_per_arm, bool)
+        or not isinstance(min_visitors_per_arm, Integral)
+        or min_visitors_per_arm < 0
+    ):
+        raise ValueError(
+            f"min_visitors_per_arm must be a non-negative integer, got {min_visitors_per_arm!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
+    options = dict(fit_options or {})
+    reserved = sorted(set(options) & set(RESERVED_FIT_OPTIONS))
+    if reserved:
+        raise ValueError(
+            f"fit_options may not set {reserved}: the experiment sets the family from its "
+            "`family` argument and the propensity from the logged assignments"
+        )
+    try:
+        json.dumps(options)
+    except TypeError as error:
+        raise ValueError(
+            f"fit_options must be JSON-serialisable (for the audit trail): {error}"
+        ) from error
+    config = {
+        "arms": list(arms),
+        "family": family,
+        "min_control_weight": c,
+        "min_explore_weight": e,
+        "epsilon": check_weight("epsilon", epsilon),
+        "max_segment_depth": int(max_segment_depth),
+        "min_segment_share": float(min_segment_share),
+        "min_visitors_per_arm": int(min_visitors_per_arm),
+        "schedule": _schedule_json(check_schedule(schedule)),
+        "fit_options": options,
+        "seed": int(seed),
+        "drop_threshold": check_weight("drop_threshold", drop_threshold),
+        "graduation_threshold": check_weight("graduation_threshold", graduation_threshold),
+        "graduation_loss": float(graduation_loss),
+    }
+    return SequentialExperiment(config)
+
+
+def _schedule_json(schedule: tuple) -> list:
+    kind, value = schedule
+    return [kind, list(value) if kind == "explicit" else value]
+
+
+def _schedule_tuple(schedule: list) -> tuple:
+    kind, value = schedule
+    return (kind, tuple(value) if kind == "explicit" else value)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+class SequentialExperiment:
+    """A round-by-round adaptive experiment; build it with :func:`sequential_experiment`.
+
+    Parameters
+    ----------
+    config : dict
+        The validated settings (as :func:`sequential_experiment` builds them).
+    state : dict, optional
+        Plans, round records, recorded data: used by
+        :func:`~pytyche.sequential.open_experiment` to resume.
+
+    Attributes
+    ----------
+    config : dict
+        The experiment's settings.
+    posterior : BCFResult or None
+        The latest fit (None before the first fit and after resuming from disk).
+    """
+
+    def __init__(self, config: Mapping[str, Any], state: Mapping[str, Any] | None = None):
+        self.config = json.loads(json.dumps(dict(config)))
+        self.arms = tuple(self.config["arms"])
+        self.posterior = None
+        if state is None:
+            first = RoundPlan(
+                round=0,
+                size=round_size(self._schedule, 0),
+                arms=self.arms,
+                active=self.arms,
+                cells=self._cells,
+                segments={0: "everyone"},
+                optimized=self._uniform_weights(self.arms, [0]),
+                status="initial",
+                seed=self.config["seed"],
+            )
+            self._plans = [first]
+            self._rounds = [self._round_record(first, None)]
+            self._data: list[xr.Dataset | None] = [None]
+        else:
+            self._plans = list(state["plans"])
+            self._rounds = [dict(r) for r in state["rounds"]]
+            self._data = list(state["data"])
+
+    # -- settings ---------------------------------------------------------------------------
+
+    @property
+    def _schedule(self) -> tuple:
+        return _schedule_tuple(self.config["schedule"])
+
+    @property
+    def _cells(self) -> dict[str, float]:
+        c = self.config["min_control_weight"]
+        e = self.config["min_explore_weight"]
+        return {"control": c, "explore": e, "optimized": max(0.0, 1.0 - c - e)}
+
+    @staticmethod
+    def _uniform_weights(active: Sequence[str], ids: Sequence[int]) -> dict:
+        weights = {a: 1.0 / len(active) for a in active}
+        return {int(s): dict(weights) for s in [*ids, NO_SEGMENT]}
+
+    def _round_record(self, plan: RoundPlan, fit: Mapping[str, Any] | None) -> dict:
+        return {
+            "round": plan.round,
+            "plan": json.dumps(plan.to_dict(), sort_keys=True),
+            "seed": self.config["seed"],
+            "fit_options": json.dumps((fit or {}).get("options", {}), sort_keys=True),
+            "data_hash": (fit or {}).get("data_hash", ""),
+            "fitted_visitors": int((fit or {}).get("visitors", 0)),
+            "package_version": __version__,
+            "planned_at": _now(),
+            "closed_at": "",
+        }
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def round(self) -> int:
+        """Index of the current round (the one :meth:`plan` returns)."""
+        return self._plans[-1].round
+
+    def plan(self) -> RoundPlan:
+        """The current round's plan.
+
+        Returns
+        -------
+        RoundPlan
+            The same object until :meth:`advance`; its :meth:`RoundPlan.assign` logs every
+            assignment, which :meth:`record` checks against.
+        """
+        return self._plans[-1]
+
+    @property
+    def plans(self) -> tuple[RoundPlan, ...]:
+        """Every round's plan, round 0 first."""
+        return tuple(self._plans)
+
+    def recorded(self) -> xr.Dataset | None:
+        """All recorded visitors of all rounds, or None before the first :meth:`record`.
+
+        Returns
+        -------
+        xarray.Dataset or None
+            Observed data (visitor coordinates ``variant``, ``outcome``, ``propensity``,
+            ``cell``, ``round``, ``segment`` and the covariates), rows in recording order.
+        """
+        parts = [d for d in self._data if d is not None]
+        return xr.concat(parts, dim="visitor") if parts else None
+
+    def record(self, observed: xr.Dataset) -> None:
+        """Add outcomes of the current round.
+
+        Parameters
+        ----------
+        observed : xarray.Dataset
+            Observed data as :func:`pytyche.observed_data` builds it (e.g. from
+            :func:`logged_observed`): the ``visitor`` index holds the visitor ids; coordinates
+            ``variant`` (the arm served), ``outcome``, ``propensity`` and the covariates;
+            ``cell``, ``round`` and ``segment``, when present, are checked too. May be called
+            several times per round with different visitors.
+
+        Raises
+        ------
+        TypeError
+            When `observed` is not a Dataset.
+        ValueError
+            When a coordinate is missing, a visitor was never assigned by the current plan or
+            is recorded twice, or a visitor's arm, propensity, cell, round or segment differs
+            from its assignment (listing up to 5 of them); or when the covariates differ from
+            earlier rounds'.
+        """
+        if not isinstance(observed, xr.Dataset):
+            raise TypeError(f"observed must be an xarray.Dataset, got {type(observed).__name__}")
+        plan = self.plan()
+        if "visitor" not in observed.indexes:
+            raise ValueError(
+                "observed needs visitor ids as its 'visitor' index (a 'visitor_id' column in "
+                "the tables given to pytyche.observed_data)"
+            )
+        for name in ("variant", "outcome", "propensity"):
+            if name not in observed.variables or observed.variables[name].dims != ("visitor",):
+                raise ValueError(
+                    f"observed needs a {name!r} coordinate along 'visitor'; found "
+                    f"{sorted(map(str, observed.variables))}"
+                )
+        keys = visitor_keys(observed.indexes["visitor"])
+        _refuse(pd.Index(keys).duplicated(), keys, "are listed more than once in observed")
+        log = plan.assigned.set_index("visitor_id")
+        _refuse(
+            ~np.isin(keys, log.index.to_numpy()),
+            keys,
+            f"were never assigned by the round {plan.round} plan",
+        )
+        current = self._data[-1]
+        if current is not None:
+            _refuse(
+                np.isin(keys, visitor_keys(current.indexes["visitor"])),
+                keys,
+                f"are already recorded in round {plan.round}",
+            )
+        logged = log.loc[keys]
+        arm = np.asarray(observed["variant"].values).astype(str)
+        _refuse(
+            arm != logged["arm"].to_numpy().astype(str),
+            keys,
+            "were served another arm",
+            got=arm,
+            want=logged["arm"].to_numpy(),
+        )
+        propensity = np.asarray(observed["propensity"].values, dtype=np.float64)
+        want = logged["propensity"].to_numpy(dtype=np.float64)
+        _refuse(
+            ~np.isclose(propensity, want, rtol=1e-9, atol=0.0),
+            keys,
+            "have a propensity that differs from the assignment",
+            got=propensity,
+            want=want,
+        )
+        checks = {
+            "cell": logged["cell"].to_numpy().astype(str),
+            "segment": logged["segment"].to_numpy(),
+            "round": np.full(keys.size, plan.round),
+        }
+        for name, expected in checks.items():
+            if name in observed.variables:
+                values = np.asarray(observed[name].values)
+                values = values.astype(str) if name == "cell" else values.astype(np.int64)
+                _refuse(
+                    values != expected,
+                    keys,
+                    f"have a {name} that differs from the plan",
+                    got=values,
+                    want=expected,
+                )
+        covariates = sorted(
+            str(n)
+            for n, v in observed.variables.items()
+            if v.dims == ("visitor",) and n not in ("visitor", "variant", "outcome", *LOG_COORDS)
+        )
+        known = self._covariate_names()
+        if known is not None and covariates != known:
+            raise ValueError(
+                f"observed has covariates {covariates} but earlier rounds had {known}; every "
+                "round needs the same covariates"
+            )
+        coords = {
+            "visitor": ("visitor", keys),
+            "variant": ("visitor", arm.astype(object)),
+            "outcome": ("visitor", np.asarray(observed["outcome"].values, dtype=np.float64)),
+            "propensity": ("visitor", want),
+            "cell": ("visitor", checks["cell"].astype(object)),
+            "round": ("visitor", checks["round"].astype(np.int64)),
+            "segment": ("visitor", checks["segment"].astype(np.int64)),
+        }
+        for name in covariates:
+            coords[name] = ("visitor", np.asarray(observed[name].values))
+        part = xr.Dataset(coords=coords)
+        self._data[-1] = part if current is None else xr.concat([current, part], dim="visitor")
+
+    def _covariate_names(self) -> list[str] | None:
+        for d in self._data:
+            if d is not None:
+                return sorted(
+                    str(n)
+                    for n in d.coords
+                    if n not in ("visitor", "variant", "outcome", *LOG_COORDS)
+                )
+        return None
+
+    # -- SRM --------------------------------------------------------------------------------
+
+    def srm(self, threshold: float = 0.001) -> xr.Dataset:
+        """Sample ratio mismatch: recorded vs planned counts per (round, cell, arm).
+
+        A round's expected count of (cell, arm) is the sum over its recorded visitors of the
+        cell's weight times the arm's probability in that cell for the visitor's segment.
+
+        Parameters
+        ----------
+        threshold : float, default 0.001
+            p-values below it are flagged.
+
+        Returns
+        -------
+        xarray.Dataset
+            As :func:`~pytyche.sequential.srm_test`, over the rounds with recorded visitors.
+
+        Raises
+        ------
+        ValueError
+            When nothing has been recorded, or `threshold` is not in (0, 1).
+        """
+        rounds = [r for r, d in enumerate(self._data) if d is not None]
+        if not rounds:
+            raise ValueError("nothing recorded yet: record a round before checking its counts")
+        observed, expected = self._srm_tables(rounds)
+        return srm_test(observed, expected, threshold)
+
+    def _srm_tables(self, rounds: Sequence[int]) -> tuple[xr.DataArray, xr.DataArray]:
+        shape = (len(rounds), len(CELLS), len(self.arms))
+        observed = np.zeros(shape)
+        expected = np.zeros(shape)
+        for i, r in enumerate(rounds):
+            data, plan = self._data[r], self._plans[r]
+            cell = pd.Categorical(data["cell"].values.astype(str), categories=CELLS).codes
+            arm = pd.Categorical(data["variant"].values.astype(str), categories=self.arms).codes
+            np.add.at(observed[i], (cell, arm), 1.0)
+            ids, counts = np.unique(data["segment"].values, return_counts=True)
+            for k, name in enumerate(CELLS):
+                table = plan.cell_probability(name).sel(segment=ids).values  # (segment, arm)
+                expected[i, k] = plan.cells[name] * (counts[:, None] * table).sum(axis=0)
+        coords = {"round": list(rounds), "cell": list(CELLS), "arm": list(self.arms)}
+        dims = ("round", "cell", "arm")
+        return (
+            xr.DataArray(observed, dims=dims, coords=coords, name="observed"),
+            xr.DataArray(expected, dims=dims, coords=coords, name="expected"),
+        )
+
+    # -- advance ----------------------------------------------------------------------------
+
+    def advance(self) -> RoundPlan:
+        """Close the current round and plan the next one.
+
+        Checks the round's sample ratio (warns on a flagged round), then, past burn-in,
+        refits the posterior on every recorded visitor (the logged propensities are the fit's
+        ``propensity``, a covariate of its forests), refits the policy tree, drops arms and
+        finds graduation candidates, and builds the next plan. Every step runs on copies: if
+        any raises, the experiment is exactly as before.
+
+        Returns
+        -------
+        RoundPlan
+            The new current plan.
+
+        Raises
+        ------
+        ValueError
+            When the schedule has no next round, and as :func:`pytyche.fit` and
+            :func:`pytyche.fit_policy_tree` raise.
+
+        Warns
+        -----
+        SampleRatioMismatchWarning
+            When the closing round's counts fail the sample ratio check.
+        """
+        plan = self.plan()
+        next_round = plan.round + 1
+        size = round_size(self._schedule, next_round)
+        notes: dict[str, Any] = {}
+        if self._data[-1] is not None:
+            check = self.srm()
+            p = float(check["p_value"].sel(round=plan.round))
+            flagged = bool(check["flagged"].sel(round=plan.round))
+            notes["srm"] = {"round": plan.round, "p_value": p, "flagged": flagged}
+            if flagged:
+                warnings.warn(
+                    f"sample ratio mismatch in round {plan.round}: p = {p:.3g} (threshold "
+                    "0.001); recorded counts per (cell, arm) differ from the plan's; check the "
+                    "assignment and logging before trusting this round",
+                    SampleRatioMismatchWarning,
+                    stacklevel=2,
+                )
+        cumulative = self.recorded()
+        active = list(plan.active)
+        counts = {a: 0 for a in self.arms}
+        if cumulative is not None:
+            served, n = np.unique(cumulative["variant"].values.astype(str), return_counts=True)
+            counts.update({str(a): int(k) for a, k in zip(served, n, strict=True)})
+        need = max(1, self.config["min_visitors_per_arm"])
+        burn_in = any(counts[a] < need for a in active)
+        fit_record = None
+        posterior = None
+        if burn_in:
+            notes.update(arm_counts=counts, min_visitors_per_arm=need)
+            new_plan = RoundPlan(
+                round=next_round,
+                size=size,
+                arms=self.arms,
+                active=active,
+                cells=self._cells,
+                segments={0: "everyone"},
+                optimized=self._uniform_weights(active, [0]),
+                status="burn-in",
+                seed=self.config["seed"],
+                dropped=plan.dropped,
+                notes=notes,
+            )
+        else:
+            posterior, fit_record = self._fit(cumulative, next_round)
+            new_plan = self._optimized_plan(posterior, plan, next_round, size, active, notes)
+        # Commit: nothing above touched the experiment's state.
+        rounds = copy.deepcopy(self._rounds)
+        rounds[-1]["closed_at"] = _now()
+        rounds.append(self._round_record(new_plan, fit_record))
+        self._plans = [*self._plans, new_plan]
+        self._rounds = rounds
+        self._data = [*self._data, None]
+        if posterior is not None:
+            self.posterior = posterior
+        return new_plan
+
+    def fit_data(self, cumulative: xr.Dataset | None = None) -> tuple[xr.Dataset, np.ndarray]:
+        """The observed data and (visitor, arm) propensities that :meth:`advance` fits.
+
+        Parameters
+        ----------
+        cumulative : xarray.Dataset, optional
+            Recorded data; default every recorded visitor.
+
+        Returns
+        -------
+        observed : xarray.Dataset
+            Variant-major rows (stable within an arm), the logging coordinates removed, attrs
+            ``pytyche_arms`` the arms with visitors.
+        propensity : numpy.ndarray
+            (visitor, arm) each visitor's planned probabilities of every arm with visitors,
+            raised to at least 1e-6 and renormalised (a fit covariate must be inside (0, 1)).
+        """
+        cumulative = self.recorded() if cumulative is None else cumulative
+        if cumulative is None:
+            raise ValueError("nothing recorded yet")
+        variant = cumulative["variant"].values.astype(str)
+        present = [a for a in self.arms if a in set(variant)]
+        code = np.array([present.index(v) for v in variant])
+        order = np.argsort(code, kind="stable")
+        data = cumulative.isel(visitor=order)
+        rows = np.zeros((data.sizes["visitor"], len(self.arms)))
+        rounds = data["round"].values
+        segments = data["segment"].values
+        for r in np.unique(rounds):
+            table = self._plans[int(r)].effective_probability
+            here = rounds == r
+            rows[here] = table.sel(segment=segments[here]).values
+        keep = [self.arms.index(a) for a in present]
+        rows = np.maximum(rows[:, keep], FIT_PROPENSITY_FLOOR)
+        rows /= rows.sum(axis=1, keepdims=True)
+        # Canonical coordinate order: the fit's design matrix follows it, and a resumed
+        # experiment must fit exactly the same matrix.
+        names = ["variant", *self._covariate_names(), "outcome"]
+        observed = xr.Dataset(
+            coords={
+                "visitor": data["visitor"].values,
+                **{n: ("visitor", data[n].values) for n in names},
+            },
+            attrs={"pytyche_outcome": "outcome", "pytyche_arms": present},
+        )
+        return observed, rows
+
+    def _fit(self, cumulative: xr.Dataset, next_round: int):
+        observed, propensity = self.fit_data(cumulative)
+        options = dict(self.config["fit_options"])
+        # Each round's fit gets its own seed; kept below 2**31 for the sampler.
+        options["seed"] = (int(options.get("seed", self.config["seed"])) + next_round) % 2**31
+        options.setdefault("progress", False)
+        posterior = fit(observed, family=self.config["family"], propensity=propensity, **options)
+        record = {
+            "options": options,
+            "data_hash": data_hash(observed, propensity),
+            "visitors": observed.sizes["visitor"],
+        }
+        return posterior, record
+
+    def _optimized_plan(self, posterior, plan, next_round, size, active, notes) -> RoundPlan:
+        config = self.config
+        tree = fit_policy_tree(
+            posterior,
+            max_depth=config["max_segment_depth"],
+            min_segment_share=config["min_segment_share"],
+            n_bootstrap=0,
+            seed=config["seed"],
+        )
+        segments = {int(s.id): str(s.rule) for s in tree.segments}
+        pooled = max(segments) + 1
+        means = segment_means(posterior, {**segments, pooled: "everyone"})
+        means = means.sel(segment=[*segments, pooled]).compute()  # rows in the order of `ids`
+        arms_fitted = [str(a) for a in means["arm"].values]
+        active = [a for a in active if a in arms_fitted]
+        sample_dims = [d for d in means.dims if d not in ("segment", "arm")]
+        values = means.sel(arm=active).transpose("segment", *sample_dims, "arm").values
+        values = values.reshape(values.shape[0], -1, len(active))  # (segment, sample, arm)
+        # The allocation's vote over the active arms: control (first) wins unless beaten.
+        winner = np.argmax(values, axis=2)
+        prob_best = np.stack([(winner == k).mean(axis=1) for k in range(len(active))], axis=1)
+        loss = (values.max(axis=2, keepdims=True) - values).mean(axis=1)
+        best_mean = values.mean(axis=1).max(axis=1)
+        ids = [*segments, NO_SEGMENT]
+        tree_rows = slice(0, len(segments))
+        threshold = config["drop_threshold"]
+        low = (prob_best[tree_rows] < threshold).all(axis=0)
+        low[0] = False  # control is the holdout's arm: never dropped
+        keep_order = np.argsort(-prob_best[tree_rows].max(axis=0), kind="stable")
+        while (~low).sum() < 2:  # keep at least two arms: undo the drops of the best ones
+            low[next(k for k in keep_order if low[k])] = False
+        newly = [a for a, d in zip(active, low, strict=True) if d]
+        survivors = [a for a in active if a not in newly]
+        kept = [active.index(a) for a in survivors]
+        raw = prob_best[:, kept]
+        totals = raw.sum(axis=1, keepdims=True)
+        raw = np.where(totals > 0, raw / np.where(totals > 0, totals, 1.0), 1.0 / len(kept))
+        weights = exploration_floor(raw, config["epsilon"])
+        optimized = {
+            s: dict(zip(survivors, row.tolist(), strict=True))
+            for s, row in zip(ids, weights, strict=True)
+        }
+        graduation = []
+        for i, s in enumerate(ids[:-1]):
+            for k, arm in enumerate(active):
+                tolerance = config["graduation_loss"] * abs(best_mean[i])
+                if prob_best[i, k] >= config["graduation_threshold"] and loss[i, k] <= tolerance:
+                    graduation.append(
+                        {
+                            "segment": s,
+                            "arm": arm,
+                            "prob_best": float(prob_best[i, k]),
+                            "expected_loss": float(loss[i, k]),
+                        }
+                    )
+        notes.update(
+            newly_dropped=newly,
+            drop_threshold=threshold,
+            unsegmented_share=float(tree.unassigned_share),
+            tree_text=str(tree),
+        )
+        return RoundPlan(
+            round=next_round,
+            size=size,
+            arms=self.arms,
+            active=survivors,
+            cells=self._cells,
+            segments=segments,
+            optimized=optimized,
+            status="optimized",
+            seed=config["seed"],
+            dropped=(*plan.dropped, *newly),
+            graduation=graduation,
+            prob_best={
+                s: dict(zip(active, r.tolist(), strict=True))
+                for s, r in zip(ids, prob_best, strict=True)
+            },
+            expected_loss={
+                s: dict(zip(active, r.tolist(), strict=True))
+                for s, r in zip(ids, loss, strict=True)
+            },
+            tree=tree.to_dict(),
+            notes=notes,
+        )
+
+    # -- audit trail ------------------------------------------------------------------------
+
+    @property
+    def history(self) -> xr.Dataset:
+        """The audit trail: one entry per round planned so far.
+
+        Returns
+        -------
+        xarray.Dataset
+            Indexed by ``round``: ``plan`` (the plan as JSON: cells, weights, segment rules,
+            tree), ``status``, ``size``, ``recorded`` (visitors recorded), ``seed``,
+            ``fit_options`` (JSON; empty without a fit), ``data_hash`` (SHA-256 of the data
+            and propensities the plan's posterior was fitted on; empty without a fit),
+            ``fitted_visitors``, ``package_version``, ``planned_at`` and ``closed_at`` (UTC
+            ISO timestamps; ``closed_at`` empty for the current round), ``cell_weight``
+            (round, cell) and ``srm_p_value`` (NaN where not checked).
+        """
+        rounds = self._rounds
+        text = ("plan", "fit_options", "data_hash", "package_version", "planned_at", "closed_at")
+        data = {name: ("round", np.array([r[name] for r in rounds], dtype=object)) for name in text}
+        data["seed"] = ("round", np.array([r["seed"] for r in rounds], dtype=np.uint64))
+        data["fitted_visitors"] = ("round", np.array([r["fitted_visitors"] for r in rounds]))
+        data["status"] = ("round", np.array([p.status for p in self._plans], dtype=object))
+        data["size"] = ("round", np.array([p.size for p in self._plans]))
+        data["recorded"] = (
+            "round",
+            np.array([0 if d is None else d.sizes["visitor"] for d in self._data]),
+        )
+        data["cell_weight"] = (
+            ("round", "cell"),
+            np.array([[p.cells[c] for c in CELLS] for p in self._plans]),
+        )
+        srm = [p.notes.get("srm") for p in self._plans[1:]] + [None]
+        data["srm_p_value"] = (
+            "round",
+            np.array([np.nan if s is None else s["p_value"] for s in srm], dtype=float),
+        )
+        return xr.Dataset(
+            data,
+            coords={"round": [r["round"] for r in rounds], "cell": list(CELLS)},
+            attrs={"config": json.dumps(self.config, sort_keys=True)},
+        )
+
+    def summary(self) -> str:
+        """A short text report: every round's status, size, SRM check and the current plan.
+
+        Returns
+        -------
+        str
+        """
+        lines = [f"Sequential experiment, arms {', '.join(self.arms)}; round {self.round} now"]
+        for plan, data in zip(self._plans, self._data, strict=True):
+            recorded = 0 if data is None else data.sizes["visitor"]
+            lines.append(
+                f"  round {plan.round}: {plan.status}, planned {plan.size:,}, recorded "
+                f"{recorded:,}, {len(plan.segments)} segment(s), arms {', '.join(plan.active)}"
+            )
+        lines.append(str(self.plan()))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<SequentialExperiment arms={list(self.arms)} round={self.round}>"
+
+    def to_zarr(self, path) -> Any:
+        """Save the experiment atomically; see :func:`~pytyche.sequential.save_experiment`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Target directory; an existing experiment store there is replaced, anything else
+            is refused.
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        from .store import save_experiment
+
+        return save_experiment(self, path)
+
+    def state(self) -> dict[str, Any]:
+        """Plans, round records and recorded data (for :mod:`pytyche.sequential.store`).
+
+        Returns
+        -------
+        dict
+            ``plans`` (list of RoundPlan), ``rounds`` (list of dict), ``data`` (list of
+            Dataset or None, one per round).
+        """
+        return {
+            "plans": list(self._plans),
+            "rounds": copy.deepcopy(self._rounds),
+            "data": list(self._data),
+        }
+
+
+def _refuse(bad: np.ndarray, keys: np.ndarray, what: str, got=None, want=None) -> None:
+    bad = np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return
+    where = np.flatnonzero(bad)[:MAX_SHOWN]
+    if got is None:
+        shown = ", ".join(repr(str(keys[i])) for i in where)
+    else:
+        shown = ", ".join(f"{str(keys[i])!r} ({got[i]!r}, assigned {want[i]!r})" for i in where)
+    raise ValueError(
+        f"{int(bad.sum())} visitor(s) {what}: {shown}"
+        + (" ..." if bad.sum() > MAX_SHOWN else "")
+        + "; record only the visitors the current plan assigned, as assigned"
+    )
+
+
+def data_hash(observed: xr.Dataset, propensity: np.ndarray | None = None) -> str:
+    """SHA-256 of a Dataset's visitor variables (names, dtypes, values) and propensities.
+
+    Parameters
+    ----------
+    observed : xarray.Dataset
+        The data.
+    propensity : numpy.ndarray, optional
+        Extra array hashed after the variables.
+
+    Returns
+    -------
+    str
+        Hex digest; equal data gives an equal hash, whatever the variables' order.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(map(str, observed.variables)):
+        values = np.asarray(observed.variables[name].values)
+        digest.update(name.encode())
+        if values.dtype.kind == "O" or values.dtype.kind in "UT":
+            items = [None if pd.isna(v) else str(v) for v in values.ravel()]
+            digest.update(b"text" + json.dumps(items).encode())
+        else:
+            digest.update(values.dtype.str.encode() + np.ascontiguousarray(values).tobytes())
+    if propensity is not None:
+        digest.update(b"propensity" + np.ascontiguousarray(propensity, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
+def logged_observed(assigned: pd.DataFrame, outcome: str = "outcome") -> xr.Dataset:
+    """Observed data for :meth:`SequentialExperiment.record` from an assigned table.
+
+    Parameters
+    ----------
+    assigned : pandas.DataFrame
+        :meth:`RoundPlan.assign` output with an outcome column added.
+    outcome : str, default "outcome"
+        The outcome column.
+
+    Returns
+    -------
+    xarray.Dataset
+        :func:`pytyche.observed_data` of the table split by ``arm`` (arms in order of first
+        appearance), with ``visitor_id`` as the index and ``propensity``, ``cell``,
+        ``round``, ``segment`` kept as coordinates.
+
+    Raises
+    ------
+    ValueError
+        As :func:`pytyche.observed_data`, or when the ``arm`` column is missing.
+    """
+    if "arm" not in assigned.columns:
+        raise ValueError("assigned needs the 'arm' column that RoundPlan.assign adds")
+    arms = list(pd.unique(assigned["arm"]))
+    frames = [(str(a), assigned[assigned["arm"] == a].drop(columns="arm")) for a in arms]
+    return observed_data(frames, outcome=outcome)

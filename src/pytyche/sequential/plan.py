@@ -1,0 +1,676 @@
+"""One round's plan: its cells, its segments and per segment the probability of every arm.
+
+Traffic is split into three cells whose weights never change during an experiment:
+
+- **control** (``min_control_weight``): always served control, an untouched holdout;
+- **explore** (``min_explore_weight``): uniform over the active arms;
+- **optimized** (the rest): each segment's Thompson weights.
+
+A visitor's *effective probability* of an arm is its probability summed over the cells; it is
+the propensity logged with every assignment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..policy_tree import PolicyTreeResult
+from ..segments import SegmentRule, membership
+from .assign import choose_interval, visitor_covariates, visitor_keys, visitor_uniforms
+
+__all__ = [
+    "CELLS",
+    "NO_SEGMENT",
+    "RoundPlan",
+    "check_arms",
+    "check_schedule",
+    "check_weight",
+    "exploration_floor",
+    "round_size",
+]
+
+CELLS = ("control", "explore", "optimized")
+# Segment id of visitors no segment rule matches (a missing covariate): served pooled weights.
+NO_SEGMENT = -1
+DEFAULT_SCHEDULE = ("doubling", 1_000)
+PLAN_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_weight(name: str, value: Any) -> float:
+    """A weight in [0, 1], as float.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the error message.
+    value : Any
+        The value to check.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        When `value` is not a real number in [0, 1].
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
+def check_arms(arms: Sequence[str]) -> tuple[str, ...]:
+    """Arm names, control first: at least 2 distinct non-empty strings.
+
+    Parameters
+    ----------
+    arms : sequence of str
+        The arm names.
+
+    Returns
+    -------
+    tuple of str
+
+    Raises
+    ------
+    ValueError
+        For a bare string, fewer than 2 arms, a name that is not a non-empty string, or a
+        duplicate name.
+    """
+    if isinstance(arms, str) or not isinstance(arms, Sequence):
+        raise ValueError(f"arms must be a sequence of arm names, control first; got {arms!r}")
+    arms = tuple(arms)
+    if len(arms) < 2:
+        raise ValueError(f"arms must name at least 2 arms (control first), got {list(arms)}")
+    for arm in arms:
+        if not isinstance(arm, str) or not arm:
+            raise ValueError(f"arm names must be non-empty strings, got {arm!r} in {list(arms)}")
+    duplicates = sorted({a for a in arms if arms.count(a) > 1})
+    if duplicates:
+        raise ValueError(f"arms must be distinct; {duplicates} appear more than once in {arms}")
+    return arms
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_schedule(schedule: Any) -> tuple:
+    """Normalise a round-size schedule.
+
+    Parameters
+    ----------
+    schedule : None, int, ("doubling", int), ("fixed", int) or list of int
+        ``None``: doubling from 1,000 visitors; an int or ``("fixed", n)``: ``n`` every round;
+        ``("doubling", n)``: ``n``, ``2n``, ``4n``, ...; a list: the explicit size of each
+        round (no more rounds than listed).
+
+    Returns
+    -------
+    tuple
+        ``("doubling", n)``, ``("fixed", n)`` or ``("explicit", (n0, n1, ...))``.
+
+    Raises
+    ------
+    ValueError
+        For any other value, naming it.
+    """
+    if schedule is None:
+        return DEFAULT_SCHEDULE
+    if isinstance(schedule, Integral) and not isinstance(schedule, bool):
+        return ("fixed", _positive_int("schedule", schedule))
+    if isinstance(schedule, tuple) and len(schedule) == 2 and isinstance(schedule[0], str):
+        kind, start = schedule
+        if kind not in ("doubling", "fixed"):
+            raise ValueError(
+                f"schedule kind must be 'doubling' or 'fixed', got {kind!r} in {schedule!r}"
+            )
+        return (kind, _positive_int(f"the size in schedule {schedule!r}", start))
+    if isinstance(schedule, Sequence) and not isinstance(schedule, str) and len(schedule) > 0:
+        sizes = tuple(_positive_int(f"schedule[{i}]", n) for i, n in enumerate(schedule))
+        return ("explicit", sizes)
+    raise ValueError(
+        "schedule must be None (doubling from 1,000), an int (fixed size), ('doubling', n), "
+        f"('fixed', n) or a non-empty list of round sizes; got {schedule!r}"
+    )
+
+
+def round_size(schedule: tuple, round_index: int) -> int:
+    """Planned visitors of a round under a normalised schedule.
+
+    Parameters
+    ----------
+    schedule : tuple
+        As returned by :func:`check_schedule`.
+    round_index : int
+        0 for the first round.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        When an explicit schedule has no entry for the round.
+
+    Examples
+    --------
+    >>> [round_size(("doubling", 5_000), r) for r in range(4)]
+    [5000, 10000, 20000, 40000]
+    """
+    kind, value = schedule
+    if kind == "doubling":
+        return int(value) * 2**round_index
+    if kind == "fixed":
+        return int(value)
+    if round_index >= len(value):
+        raise ValueError(
+            f"the explicit schedule {list(value)} has {len(value)} round(s); round "
+            f"{round_index} has no size: pass a longer schedule"
+        )
+    return int(value[round_index])
+
+
+def exploration_floor(weights: np.ndarray, epsilon: float) -> np.ndarray:
+    """Raise weights below ``epsilon / K`` to it and rescale the rest, until stable.
+
+    The same floor as :func:`pytyche.thompson_allocation` applies, here over the active arms
+    only (``K`` = number of columns).
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        (segment, arm) rows summing to 1.
+    epsilon : float
+        In [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        Rows summing to 1, each entry at least ``epsilon / K``.
+
+    Examples
+    --------
+    >>> exploration_floor(np.array([[1.0, 0.0]]), 0.2).round(3).tolist()
+    [[0.9, 0.1]]
+    """
+    weights = np.array(weights, dtype=np.float64)
+    floor = epsilon / weights.shape[1]
+    if floor == 0.0:
+        return weights
+    for row in weights:
+        fixed = np.zeros(row.size, dtype=bool)
+        while True:
+            low = ~fixed & (row < floor)
+            if not low.any():
+                break
+            fixed |= low
+            free = ~fixed
+            rest = row[free].sum()
+            row[fixed] = floor
+            if rest > 0:
+                row[free] *= (1.0 - floor * fixed.sum()) / rest
+    return weights
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+class RoundPlan:
+    """The plan of one round: cells, segments and the arm probabilities of every segment.
+
+    Built by :class:`~pytyche.sequential.SequentialExperiment`; rebuilt from :meth:`to_dict`
+    output with :meth:`from_dict`.
+
+    Attributes
+    ----------
+    round : int
+        Round index, 0 first.
+    size : int
+        Planned visitors, from the schedule.
+    arms : tuple of str
+        Every arm of the experiment, control first.
+    active : tuple of str
+        Arms that can be served this round (dropped arms removed; control always active).
+    cells : dict of str to float
+        ``{"control": c, "explore": e, "optimized": 1 - c - e}``.
+    segments : dict of int to str
+        Segment id → rule text; visitors matching none (a missing covariate) get id -1.
+    optimized : dict of int to dict of str to float
+        Optimized-cell weights per segment id, -1 (the pooled weights) included.
+    status : str
+        ``"initial"`` (no posterior yet), ``"burn-in"`` (optimized cell uniform until every
+        active arm has enough recorded visitors) or ``"optimized"``.
+    seed : int
+        The experiment seed (the hash key of assignment).
+    dropped : tuple of str
+        Arms no longer served (dropped in this or an earlier round).
+    graduation : list of dict
+        ``(segment, arm)`` pairs with posterior probability of being best >= the graduation
+        threshold and expected loss below the tolerance: candidates to ship, never shipped
+        automatically.
+    prob_best, expected_loss : dict of int to dict of str to float
+        Per segment (and -1 pooled) the posterior summaries the weights came from (empty
+        before the first fit).
+    notes : dict
+        Anything else the plan reports: burn-in counts, the previous round's SRM check, the
+        share of fitted visitors in no segment, the tree text.
+    assigned : pandas.DataFrame
+        Every assignment this plan has made (``visitor_id`` as text, ``cell``, ``segment``,
+        ``arm``, ``propensity``), first assignment of each visitor kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        round: int,
+        size: int,
+        arms: Sequence[str],
+        active: Sequence[str],
+        cells: Mapping[str, float],
+        segments: Mapping[int, str],
+        optimized: Mapping[int, Mapping[str, float]],
+        status: str,
+        seed: int,
+        dropped: Sequence[str] = (),
+        graduation: Sequence[Mapping[str, Any]] = (),
+        prob_best: Mapping[int, Mapping[str, float]] | None = None,
+        expected_loss: Mapping[int, Mapping[str, float]] | None = None,
+        tree: Mapping[str, Any] | None = None,
+        notes: Mapping[str, Any] | None = None,
+    ):
+        self.round = int(round)
+        self.size = int(size)
+        self.arms = check_arms(list(arms))
+        self.active = tuple(a for a in self.arms if a in set(active))
+        self.cells = {cell: float(cells[cell]) for cell in CELLS}
+        self.segments = {int(k): str(v) for k, v in segments.items()}
+        self.optimized = {
+            int(s): {a: float(w.get(a, 0.0)) for a in self.arms} for s, w in optimized.items()
+        }
+        missing = sorted((set(self.segments) | {NO_SEGMENT}) - set(self.optimized))
+        if missing:
+            raise ValueError(f"optimized weights are missing for segment id(s) {missing}")
+        for s, weights in self.optimized.items():
+            total = sum(weights.values())
+            if not math.isclose(total, 1.0, abs_tol=1e-9):
+                raise ValueError(f"optimized weights of segment {s} sum to {total}, not 1")
+        self.status = str(status)
+        self.seed = int(seed)
+        self.dropped = tuple(dropped)
+        self.graduation = [dict(g) for g in graduation]
+        self.prob_best = {int(k): dict(v) for k, v in (prob_best or {}).items()}
+        self.expected_loss = {int(k): dict(v) for k, v in (expected_loss or {}).items()}
+        self.tree = None if tree is None else json.loads(json.dumps(tree))
+        self.notes = json.loads(json.dumps(dict(notes or {})))
+        self.assigned = pd.DataFrame(
+            {
+                "visitor_id": pd.Series(dtype=object),
+                "cell": pd.Series(dtype=object),
+                "segment": pd.Series(dtype=np.int64),
+                "arm": pd.Series(dtype=object),
+                "propensity": pd.Series(dtype=np.float64),
+            }
+        )
+
+    # -- probabilities ----------------------------------------------------------------------
+
+    @property
+    def segment_ids(self) -> list[int]:
+        """Segment ids in plan order, -1 (no segment, pooled weights) last."""
+        return [*self.segments, NO_SEGMENT]
+
+    def cell_probability(self, cell: str) -> xr.DataArray:
+        """P(arm | segment, cell): the arm weights inside one cell.
+
+        Parameters
+        ----------
+        cell : {"control", "explore", "optimized"}
+
+        Returns
+        -------
+        xarray.DataArray
+            (segment, arm), rows summing to 1.
+
+        Raises
+        ------
+        ValueError
+            For an unknown cell.
+        """
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {list(CELLS)}, got {cell!r}")
+        ids = self.segment_ids
+        table = np.zeros((len(ids), len(self.arms)))
+        if cell == "control":
+            table[:, 0] = 1.0
+        elif cell == "explore":
+            active = np.isin(self.arms, self.active)
+            table[:, active] = 1.0 / active.sum()
+        else:
+            table[:] = [[self.optimized[s][a] for a in self.arms] for s in ids]
+        return self._table(table, f"P(arm | segment, {cell} cell)")
+
+    @property
+    def effective_probability(self) -> xr.DataArray:
+        """P(arm | segment) over all cells: the propensity of every assignment.
+
+        Returns
+        -------
+        xarray.DataArray
+            (segment, arm), rows summing to 1; segment -1 is the visitors in no segment.
+        """
+        total = sum(self.cells[c] * self.cell_probability(c) for c in CELLS)
+        total.name = "effective_probability"
+        return total
+
+    def _table(self, values: np.ndarray, name: str) -> xr.DataArray:
+        rules = [self.segments.get(s, "no segment (missing covariate)") for s in self.segment_ids]
+        return xr.DataArray(
+            values,
+            dims=("segment", "arm"),
+            coords={
+                "segment": np.array(self.segment_ids, dtype=np.int64),
+                "arm": np.array(self.arms, dtype=object),
+                "rule": ("segment", np.array(rules, dtype=object)),
+            },
+            name=name,
+        )
+
+    # -- assignment -------------------------------------------------------------------------
+
+    def segment_of(self, visitors: pd.DataFrame) -> np.ndarray:
+        """The segment id of every visitor: the first segment whose rule matches, else -1.
+
+        Parameters
+        ----------
+        visitors : pandas.DataFrame
+            The covariates the segment rules use, one row per visitor.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 (visitor,).
+        """
+        n = len(visitors)
+        rules = {s: SegmentRule.parse(text) for s, text in self.segments.items()}
+        names = sorted({name for rule in rules.values() for name in rule.covariates})
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        covariates = visitor_covariates(visitors, names)
+        if not names:
+            covariates = xr.Dataset(coords={"visitor": np.arange(n)})
+        member = membership(rules, covariates).values  # (segment, visitor)
+        ids = np.array(list(rules), dtype=np.int64)
+        matched = member.any(axis=0)
+        return np.where(matched, ids[np.argmax(member, axis=0)], NO_SEGMENT).astype(np.int64)
+
+    def assign(self, visitors: pd.DataFrame) -> pd.DataFrame:
+        """Assign visitors to a cell and an arm, deterministically and stickily.
+
+        A keyed hash of (experiment seed, visitor id) gives every visitor two fixed uniforms:
+        ``v`` picks the cell (intervals control ``[0, c)``, explore ``[c, c + e)``, optimized
+        ``[c + e, 1)``), ``u`` the arm inside the cell (the cell's arm weights for the
+        visitor's segment laid out as cumulative intervals in the experiment's arm order).
+        The same visitor in the same plan always gets the same row, whatever the row order.
+        Across rounds a returning visitor stays in their cell and keeps their arm unless
+        ``u`` leaves that arm's interval: the arm's weight in their segment and cell shrank,
+        or an arm before it in arm order changed weight, or the visitor's segment changed.
+
+        Parameters
+        ----------
+        visitors : pandas.DataFrame
+            A ``visitor_id`` column and the covariates the segments use. A visitor with a
+            missing covariate that a rule needs matches no segment and gets the pooled
+            weights (segment -1).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The same rows (same index) plus ``round``, ``cell``, ``segment``, ``arm`` and
+            ``propensity`` (the effective probability of the arm served, over all cells).
+
+        Raises
+        ------
+        TypeError
+            When `visitors` is not a DataFrame.
+        ValueError
+            When the ``visitor_id`` column or a covariate a segment uses is missing, an id is
+            missing, or a column to add already exists.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from pytyche.sequential import sequential_experiment
+        >>> plan = sequential_experiment(["control", "A"], seed=1).plan()
+        >>> out = plan.assign(pd.DataFrame({"visitor_id": ["u1", "u2", "u3"]}))
+        >>> list(out.columns)
+        ['visitor_id', 'round', 'cell', 'segment', 'arm', 'propensity']
+        """
+        if not isinstance(visitors, pd.DataFrame):
+            raise TypeError(f"visitors must be a pandas DataFrame, got {type(visitors).__name__}")
+        if "visitor_id" not in visitors.columns:
+            raise ValueError(
+                "visitors needs a 'visitor_id' column (assignment hashes it); its columns are "
+                f"{[str(c) for c in visitors.columns]}"
+            )
+        clash = [c for c in ("round", "cell", "segment", "arm", "propensity") if c in visitors]
+        if clash:
+            raise ValueError(
+                f"visitors already has the column(s) {clash} that assign adds; drop them first"
+            )
+        keys = visitor_keys(visitors["visitor_id"].to_numpy(dtype=object))
+        cell_u, arm_u = visitor_uniforms(self.seed, keys)
+        segment = self.segment_of(visitors)
+        position = _positions(self.segment_ids, segment)
+        # A cell of weight 0 has an empty interval and is never chosen.
+        weights = np.array([self.cells[c] for c in CELLS])
+        cell_index = choose_interval(np.broadcast_to(weights, (len(keys), 3)), cell_u)
+        arm_index = np.zeros(len(keys), dtype=np.int64)
+        for k, cell in enumerate(CELLS):
+            here = cell_index == k
+            if here.any():
+                table = self.cell_probability(cell).values[position[here]]
+                arm_index[here] = choose_interval(table, arm_u[here])
+        effective = self.effective_probability.values
+        out = visitors.copy()
+        out["round"] = self.round
+        out["cell"] = np.array(CELLS, dtype=object)[cell_index]
+        out["segment"] = segment
+        out["arm"] = np.array(self.arms, dtype=object)[arm_index]
+        out["propensity"] = effective[position, arm_index]
+        log = pd.DataFrame(
+            {
+                "visitor_id": keys,
+                "cell": out["cell"].to_numpy(),
+                "segment": segment,
+                "arm": out["arm"].to_numpy(),
+                "propensity": out["propensity"].to_numpy(),
+            }
+        )
+        self.assigned = (
+            pd.concat([self.assigned, log], ignore_index=True)
+            .drop_duplicates("visitor_id", keep="first")
+            .reset_index(drop=True)
+        )
+        return out
+
+    @property
+    def policy_tree(self):
+        """The policy tree that found this plan's segments (None before the first fit).
+
+        Returns
+        -------
+        PolicyTreeResult or None
+            Rebuilt from the plan's description, without its posterior.
+        """
+        return None if self.tree is None else PolicyTreeResult.from_dict(self.tree)
+
+    @property
+    def n_unsegmented(self) -> int:
+        """Visitors assigned so far by this plan who matched no segment (pooled weights)."""
+        return int((self.assigned["segment"] == NO_SEGMENT).sum())
+
+    # -- serialisation ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe description of the plan (assignments not included).
+
+        Returns
+        -------
+        dict
+            ``RoundPlan.from_dict(plan.to_dict())`` rebuilds an equal plan; floats round-trip
+            exactly through ``json``.
+        """
+        return {
+            "pytyche_round_plan": PLAN_FORMAT,
+            "round": self.round,
+            "size": self.size,
+            "arms": list(self.arms),
+            "active": list(self.active),
+            "cells": dict(self.cells),
+            "segments": {str(k): v for k, v in self.segments.items()},
+            "optimized": {str(k): v for k, v in self.optimized.items()},
+            "status": self.status,
+            "seed": self.seed,
+            "dropped": list(self.dropped),
+            "graduation": self.graduation,
+            "prob_best": {str(k): v for k, v in self.prob_best.items()},
+            "expected_loss": {str(k): v for k, v in self.expected_loss.items()},
+            "tree": self.tree,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundPlan:
+        """Rebuild a plan from :meth:`to_dict` output.
+
+        Parameters
+        ----------
+        data : dict
+            As returned by :meth:`to_dict` or read back from its JSON.
+
+        Returns
+        -------
+        RoundPlan
+
+        Raises
+        ------
+        ValueError
+            When `data` is not a round plan description of a known version.
+        """
+        version = data.get("pytyche_round_plan") if isinstance(data, Mapping) else None
+        if version != PLAN_FORMAT:
+            raise ValueError(
+                f"not a pytyche round plan description (version {PLAN_FORMAT}); got "
+                f"pytyche_round_plan={version!r}"
+            )
+        return cls(
+            round=data["round"],
+            size=data["size"],
+            arms=data["arms"],
+            active=data["active"],
+            cells=data["cells"],
+            segments={int(k): v for k, v in data["segments"].items()},
+            optimized={int(k): v for k, v in data["optimized"].items()},
+            status=data["status"],
+            seed=data["seed"],
+            dropped=data["dropped"],
+            graduation=data["graduation"],
+            prob_best={int(k): v for k, v in data["prob_best"].items()},
+            expected_loss={int(k): v for k, v in data["expected_loss"].items()},
+            tree=data["tree"],
+            notes=data["notes"],
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RoundPlan):
+            return NotImplemented
+        return json.dumps(self.to_dict(), sort_keys=True) == json.dumps(
+            other.to_dict(), sort_keys=True
+        )
+
+    __hash__ = None  # mutable (the assignment log grows)
+
+    # -- display ----------------------------------------------------------------------------
+
+    def __str__(self) -> str:
+        c, e, o = (self.cells[cell] for cell in CELLS)
+        lines = [
+            f"Round {self.round} plan: {self.size:,} visitors, arms {', '.join(self.active)}"
+            + (f" (dropped: {', '.join(self.dropped)})" if self.dropped else ""),
+            f"cells: control {c:.1%} (always {self.arms[0]}), explore {e:.1%} (uniform), "
+            f"optimized {o:.1%} ({self._status_text()})",
+        ]
+        effective = self.effective_probability
+        for s in self.segment_ids:
+            row = effective.sel(segment=s)
+            split = ", ".join(f"{a} {float(row.sel(arm=a)):.1%}" for a in self.active)
+            label = (
+                f"segment {s} ({self.segments[s]})" if s != NO_SEGMENT else "no segment (pooled)"
+            )
+            lines.append(f"  {label}: {split}")
+        unsegmented = self.notes.get("unsegmented_share")
+        if unsegmented:
+            lines.append(
+                f"{unsegmented:.1%} of fitted visitors matched no segment (a missing covariate)"
+            )
+        if self.n_unsegmented:
+            lines.append(f"{self.n_unsegmented:,} visitor(s) assigned so far matched no segment")
+        newly = self.notes.get("newly_dropped") or []
+        if newly:
+            lines.append(
+                f"dropped this round: {', '.join(newly)} (P(best) below "
+                f"{self.notes.get('drop_threshold')} in every segment)"
+            )
+        for g in self.graduation:
+            lines.append(
+                f"graduation candidate: {g['arm']} in segment {g['segment']} "
+                f"(P(best) {g['prob_best']:.3f}, expected loss {g['expected_loss']:.4g})"
+            )
+        srm = self.notes.get("srm")
+        if srm:
+            flag = "FLAGGED" if srm["flagged"] else "ok"
+            lines.append(
+                f"sample ratio check of round {srm['round']}: p = {srm['p_value']:.3g} ({flag})"
+            )
+        return "\n".join(lines)
+
+    def _status_text(self) -> str:
+        if self.status == "initial":
+            return "uniform: no posterior yet"
+        if self.status == "burn-in":
+            counts = self.notes.get("arm_counts", {})
+            need = self.notes.get("min_visitors_per_arm")
+            have = ", ".join(f"{a} {counts.get(a, 0)}" for a in self.active)
+            return f"uniform: burn-in until every arm has {need} visitors; so far {have}"
+        return "per-segment Thompson weights"
+
+    def __repr__(self) -> str:
+        return (
+            f"<RoundPlan round={self.round} size={self.size} status={self.status!r} "
+            f"segments={len(self.segments)} active={list(self.active)}>"
+        )
+
+
+def _positions(ids: Sequence[int], segment: np.ndarray) -> np.ndarray:
+    """Row of each visitor's segment in a (segment, arm) table ordered like ``ids``."""
+    lookup = {s: i for i, s in enumerate(ids)}
+    return np.array([lookup[int(s)] for s in segment], dtype=np.int64)

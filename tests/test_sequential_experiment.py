@@ -1,0 +1,236 @@
+"""The experiment loop: record checks, advance (atomic), burn-in, dropping, graduation, SRM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import pytyche as pt
+from pytyche.sequential import SampleRatioMismatchWarning, logged_observed, sequential_experiment
+from pytyche.sequential import experiment as experiment_module
+
+ARMS = ["control", "A", "B"]
+
+
+def visitors(n, round_index, seed=0):
+    rng = np.random.default_rng([seed, round_index])
+    return pd.DataFrame(
+        {
+            "visitor_id": [f"r{round_index}-{i}" for i in range(n)],
+            "device": rng.choice(["mobile", "desktop"], n),
+            "age": rng.integers(18, 80, n).astype(float),
+        }
+    )
+
+
+def serve(plan, n=400, seed=0):
+    """Assign a round's visitors and give them an outcome."""
+    out = plan.assign(visitors(n, plan.round, seed))
+    out["outcome"] = np.random.default_rng(plan.round).normal(size=len(out))
+    return out
+
+
+class FakeFit:
+    """Stands in for pt.fit: a synthetic continuous posterior with known best arms."""
+
+    def __init__(self, lift_mobile=(0.0, 1.0, -1.0), lift_other=(0.0, -1.0, 1.0)):
+        self.calls = []
+        self.lift = {"mobile": np.array(lift_mobile), "other": np.array(lift_other)}
+
+    def __call__(self, observed, family, propensity, **options):
+        self.calls.append({"observed": observed, "propensity": propensity, "options": options})
+        arms = list(observed.attrs["pytyche_arms"])
+        index = [ARMS.index(a) for a in arms]
+        mobile = observed["device"].values == "mobile"
+        mean = np.where(mobile[:, None], self.lift["mobile"], self.lift["other"])[:, index]
+        rng = np.random.default_rng(0)
+        draws = mean[:, None, :] + 0.05 * rng.standard_normal((mean.shape[0], 40, len(arms)))
+        return pt.from_arrays("continuous", arms, observed, expected=draws)
+
+
+def experiment(**kwargs):
+    options = {"schedule": 400, "min_visitors_per_arm": 20, "family": "continuous", "seed": 4}
+    return sequential_experiment(ARMS, **{**options, **kwargs})
+
+
+def test_record_refuses_what_the_plan_did_not_assign():
+    exp = experiment()
+    out = serve(exp.plan())
+    ghost = out.iloc[:2].assign(visitor_id=["ghost-1", "ghost-2"])
+    with pytest.raises(ValueError, match=r"2 visitor\(s\) were never assigned.*'ghost-1'"):
+        exp.record(logged_observed(pd.concat([out, ghost])))
+    wrong_arm = out.copy()
+    flip = wrong_arm.index[wrong_arm["arm"] == "control"][:3]
+    wrong_arm.loc[flip, "arm"] = "A"
+    with pytest.raises(ValueError, match=r"3 visitor\(s\) were served another arm"):
+        exp.record(logged_observed(wrong_arm))
+    wrong_p = out.copy()
+    wrong_p.loc[wrong_p.index[5], "propensity"] *= 0.5
+    with pytest.raises(ValueError, match=r"propensity that differs.*'r0-5'"):
+        exp.record(logged_observed(wrong_p))
+    wrong_cell = out.copy()
+    wrong_cell["cell"] = "explore"
+    with pytest.raises(ValueError, match="cell that differs"):
+        exp.record(logged_observed(wrong_cell))
+    assert exp.recorded() is None  # nothing recorded by the refusals
+    exp.record(logged_observed(out.iloc[:100]))
+    exp.record(logged_observed(out.iloc[100:]))
+    assert exp.recorded().sizes["visitor"] == len(out)
+    with pytest.raises(ValueError, match="already recorded in round 0"):
+        exp.record(logged_observed(out.iloc[:5]))
+
+
+def test_failing_fit_or_tree_leaves_the_experiment_unchanged(monkeypatch):
+    exp = experiment()
+    exp.record(logged_observed(serve(exp.plan())))
+    plans, history, recorded = exp.plans, exp.history, exp.recorded()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("fit exploded")
+
+    monkeypatch.setattr(experiment_module, "fit", broken)
+    with pytest.raises(RuntimeError, match="fit exploded"):
+        exp.advance()
+    monkeypatch.setattr(experiment_module, "fit", FakeFit())
+    monkeypatch.setattr(experiment_module, "fit_policy_tree", broken)
+    with pytest.raises(RuntimeError, match="fit exploded"):
+        exp.advance()
+    assert exp.round == 0 and exp.plans == plans
+    assert all(a is b for a, b in zip(exp.plans, plans, strict=True))
+    xr.testing.assert_identical(exp.history, history)
+    xr.testing.assert_identical(exp.recorded(), recorded)
+    assert exp.posterior is None
+    monkeypatch.undo()
+    monkeypatch.setattr(experiment_module, "fit", FakeFit())
+    assert exp.advance().round == 1 and exp.round == 1
+
+
+def test_burn_in_keeps_the_optimized_cell_uniform_and_does_not_fit(monkeypatch):
+    fake = FakeFit()
+    monkeypatch.setattr(experiment_module, "fit", fake)
+    exp = experiment(min_visitors_per_arm=1_000)
+    exp.record(logged_observed(serve(exp.plan())))
+    plan = exp.advance()
+    assert plan.status == "burn-in" and not fake.calls
+    assert all(w == pytest.approx(1 / 3) for w in plan.optimized[-1].values())
+    assert "burn-in until every arm has 1000 visitors" in str(plan)
+
+
+def test_advance_fits_with_logged_propensities_and_plans_per_segment(monkeypatch):
+    fake = FakeFit()
+    monkeypatch.setattr(experiment_module, "fit", fake)
+    exp = experiment(epsilon=0.0, fit_options={"n_draws": 7, "seed": 100})
+    first = exp.plan()
+    out = serve(first)
+    exp.record(logged_observed(out))
+    plan = exp.advance()
+    call = fake.calls[0]
+    assert call["options"]["n_draws"] == 7 and call["options"]["seed"] == 101  # seed + round
+    # Rows are variant-major; each row is the round-0 plan's probabilities for the visitor.
+    observed = call["observed"]
+    variant = observed["variant"].values
+    assert list(pd.unique(variant)) == ARMS
+    np.testing.assert_allclose(
+        call["propensity"], first.effective_probability.values[[0] * len(variant)]
+    )
+    assert not {"propensity", "cell", "round", "segment"} & set(observed.coords)
+    # Two segments (mobile vs desktop), each sure of its best arm.
+    assert plan.status == "optimized" and len(plan.segments) == 2
+    assert [str(s.rule) for s in plan.policy_tree.segments] == list(plan.segments.values())
+    tree_segments = {s: rule for s, rule in plan.segments.items()}
+    reference = pt.thompson_allocation(exp.posterior, tree_segments, epsilon=0.0)
+    for s, weights in reference.items():
+        assert plan.optimized[s] == pytest.approx(weights, abs=1e-12)
+    c, e = plan.cells["control"], plan.cells["explore"]
+    mobile = next(
+        s
+        for s, rule in plan.segments.items()
+        if "'mobile'" in rule and "not" not in rule and "!=" not in rule
+    )
+    effective = plan.effective_probability.sel(segment=mobile)
+    assert float(effective.sel(arm="A")) == pytest.approx((1 - c - e) + e / 3)
+    assert float(effective.sel(arm="control")) == pytest.approx(c + e / 3)
+    # Both treatments are best somewhere: nothing dropped; both pairs graduate.
+    assert plan.dropped == ()
+    assert {(g["arm"]) for g in plan.graduation} == {"A", "B"}
+    assert "graduation candidate: A in segment" in str(plan)
+    # The audit trail.
+    history = exp.history
+    assert list(history["round"].values) == [0, 1]
+    assert history["data_hash"].values[0] == "" and len(history["data_hash"].values[1]) == 64
+    assert json.loads(history["fit_options"].values[1])["seed"] == 101
+    assert history["closed_at"].values[0] != "" and history["closed_at"].values[1] == ""
+    assert set(history["package_version"].values) == {pt.__version__}
+    assert json.loads(history["plan"].values[1]) == plan.to_dict()
+    assert int(history["recorded"].values[0]) == len(out)
+
+
+def test_an_arm_never_best_is_dropped(monkeypatch):
+    fake = FakeFit(lift_mobile=(0, 1, -1), lift_other=(0, 1, -1))
+    monkeypatch.setattr(experiment_module, "fit", fake)
+    exp = experiment()
+    exp.record(logged_observed(serve(exp.plan())))
+    plan = exp.advance()
+    assert plan.dropped == ("B",) and plan.active == ("control", "A")
+    assert "dropped this round: B" in str(plan)
+    out = serve(plan)
+    assert (out["arm"] != "B").all()
+    assert float(plan.effective_probability.sel(arm="B").sum()) == 0.0
+    np.testing.assert_allclose(plan.effective_probability.sum("arm"), 1.0)
+    # The next fit still sees B's round-0 visitors; round-1 visitors had (almost) no chance
+    # of B, raised to 1e-6 so the fit's propensity covariate stays inside (0, 1).
+    exp.record(logged_observed(out))
+    exp.advance()
+    propensity = fake.calls[-1]["propensity"]
+    assert ((propensity > 0) & (propensity < 1)).all()
+    np.testing.assert_allclose(propensity.sum(axis=1), 1.0)
+    assert np.isclose(propensity[:, 2], 1e-6, rtol=1e-3).sum() == len(out)
+
+
+def test_control_is_never_dropped_and_two_arms_remain(monkeypatch):
+    fake = FakeFit(lift_mobile=(1, 0, -1), lift_other=(1, 0, -1))
+    monkeypatch.setattr(experiment_module, "fit", fake)
+    exp = experiment()
+    exp.record(logged_observed(serve(exp.plan())))
+    plan = exp.advance()
+    assert "control" in plan.active and len(plan.active) == 2
+
+
+def test_srm_expected_counts_and_a_flagged_round_warns():
+    exp = experiment(min_visitors_per_arm=10**6, schedule=3_000)
+    out = serve(exp.plan(), n=3_000)
+    exp.record(logged_observed(out))
+    check = exp.srm()
+    # Naive expected counts: every visitor adds cell weight × P(arm | segment, cell).
+    plan = exp.plan()
+    cells = ("control", "explore", "optimized")
+    tables = {cell: plan.cell_probability(cell).to_pandas() for cell in cells}
+    naive = np.zeros((3, 3))
+    for segment in out["segment"]:
+        for k, cell in enumerate(cells):
+            naive[k] += plan.cells[cell] * tables[cell].loc[segment].to_numpy()
+    np.testing.assert_allclose(check["expected"].sel(round=0).values, naive)
+    assert not bool(check["flagged"].sel(round=0))
+    exp.advance()  # no warning on a correct round (warnings are errors in this suite)
+
+    # Round 1: lose most of arm B's visitors in logging.
+    out = serve(exp.plan(), n=3_000)
+    lost = out.index[out["arm"] == "B"][:400]
+    exp.record(logged_observed(out.drop(index=lost)))
+    assert bool(exp.srm()["flagged"].sel(round=1))
+    with pytest.warns(SampleRatioMismatchWarning, match="round 1"):
+        plan = exp.advance()
+    assert "sample ratio check of round 1" in str(plan) and "FLAGGED" in str(plan)
+
+
+def test_covariates_must_not_change_between_rounds(monkeypatch):
+    exp = experiment(min_visitors_per_arm=10**6)
+    exp.record(logged_observed(serve(exp.plan())))
+    exp.advance()
+    out = serve(exp.plan()).drop(columns="age")
+    with pytest.raises(ValueError, match="earlier rounds had"):
+        exp.record(logged_observed(out))

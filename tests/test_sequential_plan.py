@@ -1,0 +1,144 @@
+"""Plans: validation, schedules, cells and effective probabilities, the optimized weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import pytyche as pt
+from pytyche.sequential import RoundPlan, check_schedule, round_size, sequential_experiment
+from pytyche.sequential.plan import exploration_floor
+
+ARMS = ["control", "A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"min_control_weight": 1.5}, "min_control_weight must be in [0, 1], got 1.5"),
+        ({"min_explore_weight": -0.1}, "min_explore_weight must be in [0, 1], got -0.1"),
+        ({"min_control_weight": 0.6, "min_explore_weight": 0.5}, "0.6 + 0.5"),
+        ({"epsilon": float("nan")}, "epsilon must be a number"),
+        ({"schedule": 0}, "schedule must be a positive integer, got 0"),
+        ({"schedule": ("tripling", 5)}, "'tripling'"),
+        ({"schedule": [100, -5]}, "schedule[1] must be a positive integer, got -5"),
+        ({"schedule": "doubling"}, "got 'doubling'"),
+        ({"schedule": []}, "got []"),
+        ({"max_segment_depth": 7}, "max_segment_depth must be 0..6, got 7"),
+        ({"min_segment_share": 0.7}, "min_segment_share must be in (0, 0.5], got 0.7"),
+        ({"min_visitors_per_arm": -1}, "got -1"),
+        ({"seed": -3}, "got -3"),
+        ({"fit_options": {"propensity": [0.5, 0.5]}}, "['propensity']"),
+    ],
+)
+def test_bad_settings_raise_naming_the_value(kwargs, fragment):
+    with pytest.raises(ValueError) as info:
+        sequential_experiment(ARMS, **kwargs)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("arms", "fragment"),
+    [(["control"], "at least 2"), (["control", "A", "A"], "['A']"), ("control", "sequence")],
+)
+def test_bad_arms_raise(arms, fragment):
+    with pytest.raises(ValueError) as info:
+        sequential_experiment(arms)
+    assert fragment in str(info.value)
+
+
+def test_schedules():
+    assert [round_size(check_schedule(None), r) for r in range(3)] == [1_000, 2_000, 4_000]
+    assert [round_size(check_schedule(("doubling", 5_000)), r) for r in range(4)] == [
+        5_000,
+        10_000,
+        20_000,
+        40_000,
+    ]
+    assert [round_size(check_schedule(700), r) for r in range(3)] == [700] * 3
+    assert [round_size(check_schedule(("fixed", 9)), r) for r in range(2)] == [9, 9]
+    explicit = check_schedule([300, 500])
+    assert [round_size(explicit, r) for r in range(2)] == [300, 500]
+    with pytest.raises(ValueError, match="has 2 round"):
+        round_size(explicit, 2)
+
+
+def test_first_plan_is_uniform_outside_control():
+    plan = sequential_experiment(ARMS, min_control_weight=0.1, min_explore_weight=0.2).plan()
+    assert plan.round == 0 and plan.status == "initial" and plan.size == 1_000
+    assert sum(plan.cells.values()) == pytest.approx(1.0)
+    effective = plan.effective_probability
+    np.testing.assert_allclose(effective.sum("arm"), 1.0)
+    # control: its cell (0.1) plus a third of the other 0.9; treatments a third of 0.9 each.
+    np.testing.assert_allclose(effective.sel(arm="control"), 0.1 + 0.9 / 3)
+    np.testing.assert_allclose(effective.sel(arm="A"), 0.9 / 3)
+    text = str(plan)
+    assert "Round 0 plan" in text and "no posterior yet" in text
+
+
+def _plan(optimized, c=0.05, e=0.05, segments=None, active=ARMS):
+    segments = {0: "device == 'mobile'", 1: "device != 'mobile'"} if segments is None else segments
+    return RoundPlan(
+        round=1,
+        size=1_000,
+        arms=ARMS,
+        active=active,
+        cells={"control": c, "explore": e, "optimized": 1 - c - e},
+        segments=segments,
+        optimized=optimized,
+        status="optimized",
+        seed=3,
+    )
+
+
+def test_segment_sure_of_one_arm_gets_optimized_plus_explore_share():
+    c, e = 0.1, 0.15
+    plan = _plan(
+        {0: {"A": 1.0}, 1: {"control": 0.2, "A": 0.3, "B": 0.5}, -1: {"control": 1.0}}, c, e
+    )
+    effective = plan.effective_probability
+    np.testing.assert_allclose(effective.sum("arm"), 1.0)
+    assert float(effective.sel(segment=0, arm="A")) == pytest.approx((1 - c - e) + e / 3)
+    assert float(effective.sel(segment=0, arm="control")) == pytest.approx(c + e / 3)
+    # Cell probabilities are proper distributions too.
+    for cell in ("control", "explore", "optimized"):
+        np.testing.assert_allclose(plan.cell_probability(cell).sum("arm"), 1.0)
+
+
+def test_dropped_arm_gets_nothing_anywhere():
+    plan = _plan(
+        {0: {"control": 0.5, "A": 0.5}, 1: {"control": 0.5, "A": 0.5}, -1: {"control": 1.0}},
+        active=["control", "A"],
+    )
+    assert float(plan.effective_probability.sel(arm="B").sum()) == 0.0
+    np.testing.assert_allclose(plan.cell_probability("explore").sel(arm="A"), 0.5)
+
+
+def test_plan_round_trips_through_dict():
+    plan = _plan({0: {"A": 1.0}, 1: {"B": 1.0}, -1: {"control": 1.0}})
+    again = RoundPlan.from_dict(plan.to_dict())
+    assert again == plan
+    xr.testing.assert_identical(again.effective_probability, plan.effective_probability)
+    with pytest.raises(ValueError, match="not a pytyche round plan"):
+        RoundPlan.from_dict({"round": 1})
+
+
+def test_weights_must_sum_to_one():
+    with pytest.raises(ValueError, match=r"segment 0 sum to 0\.9"):
+        _plan({0: {"A": 0.9}, 1: {"B": 1.0}, -1: {"control": 1.0}})
+    with pytest.raises(ValueError, match=r"missing for segment id\(s\) \[-1\]"):
+        _plan({0: {"A": 1.0}, 1: {"B": 1.0}})
+
+
+def test_exploration_floor_matches_thompson_allocation():
+    # The same floor as pt.thompson_allocation: compare on an example posterior.
+    result = pt.example_posterior(n_visitors=600, n_draws=60, seed=2)
+    segments = {0: "device == 'mobile'", 1: "device != 'mobile'"}
+    raw = pt.thompson_allocation(result, segments, epsilon=0.0)
+    floored = pt.thompson_allocation(result, segments, epsilon=0.3)
+    rows = np.array([list(raw[s].values()) for s in segments])
+    np.testing.assert_allclose(
+        exploration_floor(rows, 0.3), [list(floored[s].values()) for s in segments], atol=1e-12
+    )
+    assert (exploration_floor(np.array([[1.0, 0.0, 0.0]]), 0.3) >= 0.1 - 1e-12).all()
