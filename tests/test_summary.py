@@ -1,15 +1,24 @@
-"""segment_summary: against a naive reference, numpy vs dask, laziness, one pass."""
+"""segment_summary: against a naive reference, numpy vs dask, laziness, one pass; Monte Carlo
+errors against a naive loop; R-hat and ESS against ArviZ; the convergence warning."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 import xarray as xr
 
 import pytyche as pt
+from pytyche._mcse import bulk_effective_sample_size, rank_normalized_rhat
+from pytyche.summary import ConvergenceWarning, check_convergence
 
 from helpers import OVERLAPPING_SEGMENTS, counting_scheduler, random_dataset
 from reference import reference_members, reference_metric
+
+with warnings.catch_warnings():  # ArviZ announces its coming refactor, once a day, on import
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
 
 VARIABLES = (
     "members",
@@ -22,6 +31,7 @@ VARIABLES = (
     "prob_positive",
     "expected_loss",
 )
+DIAGNOSTICS = ("prob_best_mcse", "prob_positive_mcse", "contrast_rhat", "contrast_ess")
 
 
 def reference_summary(dataset: xr.Dataset, segments, ci: float) -> dict[str, np.ndarray]:
@@ -62,12 +72,73 @@ def reference_summary(dataset: xr.Dataset, segments, ci: float) -> dict[str, np.
     return {name: np.array(values, dtype=float) for name, values in out.items()}
 
 
+def reference_samples(dataset: xr.Dataset, segment) -> np.ndarray | None:
+    """(chain, draw, arm) segment means by loops, float64; None without members."""
+    metric = reference_metric(dataset)
+    _, n_chains, n_draws, n_arms = metric.shape
+    members = reference_members(segment.rule, dataset.coords.to_dataset())
+    if not members:
+        return None
+    means = np.zeros((n_chains, n_draws, n_arms))
+    for chain in range(n_chains):
+        for draw in range(n_draws):
+            for arm in range(n_arms):
+                total = sum(metric[v, chain, draw, arm] for v in members)
+                means[chain, draw, arm] = total / len(members)
+    return means
+
+
+def reference_ess(indicator: np.ndarray) -> float:
+    """ArviZ's basic ESS across chains, chains not split (its public "mean" method splits)."""
+    from arviz.stats.diagnostics import _ess
+
+    return float(_ess(indicator.astype(float)))
+
+
+def reference_mcse(dataset: xr.Dataset, segments) -> dict[str, np.ndarray]:
+    """sqrt(p (1 - p) / ESS) of prob_best and prob_positive, from per-sample indicators."""
+    has_chain = "chain" in dataset.dims
+    out = {"prob_best_mcse": [], "prob_positive_mcse": []}
+    for segment in segments:
+        means = reference_samples(dataset, segment)
+        n_arms = dataset.sizes["arm"]
+        if means is None:
+            for values in out.values():
+                values.append([np.nan] * n_arms)
+            continue
+        if not has_chain:  # one series of independent draws
+            means = means.reshape(1, -1, n_arms)
+        n_chains, n_draws, _ = means.shape
+        best = np.zeros((n_chains, n_draws, n_arms))
+        positive = np.zeros((n_chains, n_draws, n_arms))
+        for chain in range(n_chains):
+            for draw in range(n_draws):
+                winner, top = 0, 0.0
+                for arm in range(1, n_arms):
+                    contrast = means[chain, draw, arm] - means[chain, draw, 0]
+                    positive[chain, draw, arm] = contrast > 0
+                    if contrast > top:
+                        winner, top = arm, contrast
+                best[chain, draw, winner] = 1.0
+        for name, indicator in (("prob_best_mcse", best), ("prob_positive_mcse", positive)):
+            row = []
+            for arm in range(n_arms):
+                series = indicator[..., arm]
+                p = series.mean()
+                ess = reference_ess(series) if has_chain else float(series.size)
+                row.append(np.sqrt(p * (1 - p) / ess))
+            out[name].append(row)
+    return {name: np.array(values, dtype=float) for name, values in out.items()}
+
+
 def assert_matches_reference(summary: xr.Dataset, dataset, segments, ci) -> None:
     expected = reference_summary(dataset, segments, ci)
     for name in VARIABLES:
         np.testing.assert_allclose(
             summary[name].values, expected[name], rtol=1e-9, atol=1e-12, err_msg=name
         )
+    for name, values in reference_mcse(dataset, segments).items():
+        np.testing.assert_allclose(summary[name].values, values, rtol=1e-9, err_msg=name)
 
 
 @pytest.mark.parametrize("family", ["binary", "continuous", "hurdle"])
@@ -80,21 +151,30 @@ def test_matches_the_naive_reference(family, n_chains):
     assert list(summary["segment"].values) == [s.id for s in OVERLAPPING_SEGMENTS]
     assert list(summary["rule"].values) == [str(s.rule) for s in OVERLAPPING_SEGMENTS]
     assert list(summary["arm"].values) == list(ds["arm"].values)
-    assert summary.attrs == {"ci": 0.8, "n_samples": 15 * (n_chains or 1)}
+    assert {k: summary.attrs[k] for k in ("ci", "n_samples", "n_chains")} == {
+        "ci": 0.8,
+        "n_samples": 15 * (n_chains or 1),
+        "n_chains": n_chains or 0,
+    }
+    assert ("ESS" in summary.attrs["mcse_method"]) == bool(n_chains)
+    assert ("contrast_rhat" in summary) == ("contrast_ess" in summary) == bool(n_chains)
     assert_matches_reference(summary, ds, OVERLAPPING_SEGMENTS, 0.8)
 
 
+@pytest.mark.parametrize("n_chains", [None, 2])
 @pytest.mark.parametrize("chunks", [{"visitor": 7}, {"visitor": 25, "draw": 4}])
-def test_dask_is_lazy_one_pass_and_agrees_with_numpy(chunks):
-    ds = random_dataset("hurdle", n_visitors=60, n_draws=12, n_chains=2, seed=2)
+def test_dask_is_lazy_one_pass_and_agrees_with_numpy(chunks, n_chains):
+    ds = random_dataset("hurdle", n_visitors=60, n_draws=12, n_chains=n_chains, seed=2)
     eager = pt.segment_summary(pt.posterior(ds), OVERLAPPING_SEGMENTS, ci=0.9)
     with counting_scheduler(computes=0):
         lazy = pt.segment_summary(pt.posterior(ds.chunk(chunks)), OVERLAPPING_SEGMENTS, ci=0.9)
-    assert all(lazy[name].chunks is not None for name in VARIABLES)
+    expected = {*VARIABLES, *DIAGNOSTICS[: 4 if n_chains else 2]}
+    assert set(lazy.data_vars) == set(eager.data_vars) == expected
+    assert all(lazy[name].chunks is not None for name in lazy.data_vars)
     with counting_scheduler(computes=1) as scheduler:
         computed = lazy.compute()
     assert scheduler.computes == 1
-    for name in VARIABLES:
+    for name in eager.data_vars:
         np.testing.assert_allclose(
             computed[name].values, eager[name].values, rtol=1e-10, err_msg=name
         )
@@ -169,3 +249,162 @@ def test_inputs_are_checked_like_the_allocation():
         pt.segment_summary(pt.posterior(random_dataset(observed=False)), {0: "everyone"})
     with pytest.raises(TypeError, match="posterior must be"):
         pt.segment_summary(random_dataset(), {0: "everyone"})
+
+
+# -- sampler diagnostics: R-hat and bulk ESS against ArviZ, and the convergence warning -------
+
+
+@pytest.mark.parametrize("shape", [(4, 100), (2, 15), (3, 9), (4, 7), (2, 4), (1, 50)])
+@pytest.mark.parametrize("sticky", [False, True])
+def test_rhat_and_bulk_ess_kernels_match_arviz(shape, sticky):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape)
+    if sticky:  # autocorrelated chains wandering apart
+        x = 0.3 * x.cumsum(axis=1) + rng.normal(size=shape)
+    expected_rhat = az.rhat(x) if shape[0] > 1 else np.nan
+    np.testing.assert_allclose(rank_normalized_rhat(x), expected_rhat, rtol=1e-12)
+    np.testing.assert_allclose(bulk_effective_sample_size(x), az.ess(x), rtol=1e-12)
+
+
+def test_rhat_and_bulk_ess_kernels_are_nan_where_there_is_nothing_to_diagnose():
+    constant = np.zeros((2, 20))
+    short = np.random.default_rng(0).normal(size=(2, 3))
+    holed = np.random.default_rng(1).normal(size=(2, 20))
+    holed[1, 5] = np.nan
+    for x in (constant, short, holed):
+        assert np.isnan(rank_normalized_rhat(x)) and np.isnan(bulk_effective_sample_size(x))
+    stacked = np.stack([constant, np.random.default_rng(2).normal(size=(2, 20))])
+    assert rank_normalized_rhat(stacked).shape == (2,)
+    with pytest.raises(ValueError, match="chain, draw"):
+        rank_normalized_rhat(np.zeros(5))
+
+
+def test_contrast_diagnostics_are_arviz_on_the_naive_contrasts():
+    ds = random_dataset("continuous", n_visitors=40, n_draws=30, n_chains=3, seed=5)
+    segments = [pt.DiscoveredSegment(0, "age > 1000"), *OVERLAPPING_SEGMENTS[:2]]
+    summary = pt.segment_summary(pt.posterior(ds), segments)
+    assert np.isnan(summary["contrast_rhat"].values[0]).all()  # no members
+    assert np.isnan(summary["contrast_ess"].values[:, 0]).all()  # control: always 0
+    for i, segment in enumerate(segments[1:], start=1):
+        means = reference_samples(ds, segment)
+        for arm in range(1, ds.sizes["arm"]):
+            contrast = means[..., arm] - means[..., 0]
+            assert float(summary["contrast_rhat"][i, arm]) == pytest.approx(az.rhat(contrast))
+            assert float(summary["contrast_ess"][i, arm]) == pytest.approx(az.ess(contrast))
+
+
+def unmixed_dataset(n_chains: int = 2, n_draws: int = 300, offset: float = 0.0) -> xr.Dataset:
+    """Continuous draws, independent everywhere, but treatment T1 sits ``offset`` higher in the
+    first chain: chains that disagree when ``offset`` is large."""
+    ds = random_dataset("continuous", n_visitors=30, n_draws=n_draws, n_chains=n_chains, seed=3)
+    shift = xr.zeros_like(ds["expected"])
+    shift.loc[{"chain": 0, "arm": "T1"}] = offset
+    return ds.assign(expected=ds["expected"] + shift)
+
+
+def test_the_warning_fires_on_chains_that_do_not_mix_and_names_the_worst_pair():
+    result = pt.posterior(unmixed_dataset(offset=1.0))
+    summary = pt.segment_summary(result, {4: "everyone", 9: "device == 'mobile'"})
+    with pytest.warns(ConvergenceWarning, match=r"R-hat .* > 1.01 .* arm 'T1'") as caught:
+        problems = check_convergence(summary)
+    assert len(caught) == 1 and "R-hat" in problems[0] and "worst 1." in problems[0]
+    assert str(caught[0].message).count("\n") == 0
+    assert issubclass(ConvergenceWarning, UserWarning)
+    with pytest.warns(ConvergenceWarning, match="R-hat"):
+        pt.segment_summary(result, {4: "everyone"}, check=True)
+
+
+def test_the_warning_fires_when_effective_samples_are_too_few():
+    sticky = unmixed_dataset(n_draws=40)
+    summary = pt.segment_summary(pt.posterior(sticky), {0: "everyone"})
+    with pytest.warns(ConvergenceWarning, match=r"bulk ESS .* < 200 \(100 per chain × 2"):
+        check_convergence(summary)
+    # A lower bar passes the same summary.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if float(summary["contrast_rhat"].max()) <= 1.01:
+            assert check_convergence(summary, min_ess_per_chain=1) == []
+
+
+def test_no_warning_on_mixing_chains_or_without_chains():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixing = pt.example_posterior(n_visitors=600, n_draws=400, n_chains=2, seed=2)
+        summary = pt.segment_summary(mixing, {0: "everyone", 1: "device == 'mobile'"}, check=True)
+        assert float(summary["contrast_rhat"].max()) <= 1.01
+        assert check_convergence(summary) == []
+        plain = pt.example_posterior(n_visitors=600, n_draws=10, seed=2)
+        summary = pt.segment_summary(plain, {0: "everyone"}, check=True)
+        assert "contrast_rhat" not in summary and check_convergence(summary) == []
+
+
+def test_check_computes_a_lazy_summary_once():
+    ds = unmixed_dataset(offset=1.0).chunk({"visitor": 8})
+    with counting_scheduler(computes=1) as scheduler, pytest.warns(ConvergenceWarning):
+        summary = pt.segment_summary(pt.posterior(ds), OVERLAPPING_SEGMENTS, check=True)
+    assert scheduler.computes == 1
+    assert all(v.chunks is None for v in summary.data_vars.values())
+    lazy = pt.segment_summary(pt.posterior(ds), OVERLAPPING_SEGMENTS)
+    with counting_scheduler(computes=1), pytest.warns(ConvergenceWarning):
+        check_convergence(lazy)  # reads the two diagnostic variables, in one compute
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_rhat": 0.9}, ValueError, "max_rhat must be a number >= 1"),
+        ({"max_rhat": float("nan")}, ValueError, "max_rhat must be"),
+        ({"min_ess_per_chain": -1}, ValueError, "min_ess_per_chain must be a number >= 0"),
+        ({"min_ess_per_chain": True}, TypeError, "min_ess_per_chain must be a real number"),
+        ({"max_rhat": "1.1"}, TypeError, "max_rhat must be a real number"),
+    ],
+)
+def test_check_convergence_arguments(kwargs, error, match):
+    summary = pt.segment_summary(pt.posterior(random_dataset()), {0: "everyone"})
+    with pytest.raises(error, match=match):
+        check_convergence(summary, **kwargs)
+    with pytest.raises(TypeError, match=r"summary must be an xarray\.Dataset"):
+        check_convergence(summary["prob_best"])
+    with pytest.raises(TypeError, match="check must be True or False"):
+        pt.segment_summary(pt.posterior(random_dataset()), {0: "everyone"}, check="yes")
+
+
+def test_mcse_without_chains_is_the_binomial_formula_and_bounded():
+    result = pt.example_posterior(n_visitors=2000, n_draws=400, seed=3)
+    summary = pt.segment_summary(result, {0: "device == 'tablet'", 1: "everyone"})
+    p = summary["prob_best"].values
+    np.testing.assert_allclose(summary["prob_best_mcse"].values, np.sqrt(p * (1 - p) / 400))
+    assert (summary["prob_positive_mcse"].values <= 0.5 / np.sqrt(400) + 1e-15).all()
+    assert (summary["prob_positive_mcse"].sel(arm="control").values == 0).all()
+
+
+def test_mcse_grows_when_chains_are_sticky():
+    rng = np.random.default_rng(0)
+    independent = rng.normal(size=(30, 4, 200, 2))
+    sticky = np.repeat(independent[:, :, :20], 10, axis=2)  # each draw repeated 10 times
+    mcse = []
+    for draws in (independent, sticky):
+        ds = xr.Dataset(
+            {"expected": (("visitor", "chain", "draw", "arm"), draws)},
+            coords={"arm": ["c", "t"], "variant": ("visitor", ["c"] * 15 + ["t"] * 15)},
+        )
+        summary = pt.segment_summary(pt.ContinuousBCFResult(ds), {0: "everyone"})
+        mcse.append(float(summary["prob_best_mcse"].sel(arm="t").item()))
+    assert mcse[1] > 2.5 * mcse[0]
+
+
+def test_the_whole_summary_computes_as_one_collection_on_a_cluster():
+    # client.compute(summary) computes the Dataset as one collection; a variable built from
+    # another output variable once made dask.distributed cancel it ("lost dependencies").
+    distributed = pytest.importorskip("distributed")
+    ds = random_dataset("hurdle", n_visitors=60, n_draws=12, n_chains=2, seed=2)
+    eager = pt.segment_summary(pt.posterior(ds), OVERLAPPING_SEGMENTS)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        lazy = pt.segment_summary(pt.posterior(ds.chunk({"visitor": 20})), OVERLAPPING_SEGMENTS)
+        computed = client.compute(lazy).result()
+    xr.testing.assert_allclose(computed, eager, rtol=1e-10)

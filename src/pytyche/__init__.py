@@ -25,7 +25,7 @@ from .simulate import planted_segments, simulate_experiment
 # -- segment discovery: policy tree --
 # isort: split
 from .policy_tree import PolicyTreeResult, fit_policy_tree
-from .summary import segment_summary
+from .summary import ConvergenceWarning, check_convergence, segment_summary
 
 # -- decisions: ship / continue / stop, and the pre-flight check of experiment data --
 # isort: split
@@ -49,6 +49,7 @@ __all__ = [
     "BinaryBCFResult",
     "Clause",
     "ContinuousBCFResult",
+    "ConvergenceWarning",
     "DecisionThresholds",
     "DiscoveredSegment",
     "HurdleBCFResult",
@@ -62,6 +63,7 @@ __all__ = [
     "__version__",
     "analysis",
     "as_segments",
+    "check_convergence",
     "check_setup",
     "evaluate_policy",
     "example_posterior",

@@ -37,9 +37,9 @@ class TycheAccessor:
         """Call :func:`pytyche.analysis.win_frequencies` on this Dataset."""
         return analysis.win_frequencies(self.result, segments)
 
-    def segment_summary(self, segments, ci: float = 0.8) -> xr.Dataset:
+    def segment_summary(self, segments, ci: float = 0.8, *, check: bool = False) -> xr.Dataset:
         """Call :func:`pytyche.analysis.segment_summary` on this Dataset."""
-        return analysis.segment_summary(self.result, segments, ci=ci)
+        return analysis.segment_summary(self.result, segments, ci=ci, check=check)
 
     def membership(self, segments) -> xr.DataArray:
         """Call :func:`pytyche.analysis.membership` on this Dataset's observed data."""
