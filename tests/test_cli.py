@@ -231,7 +231,7 @@ def test_allocate_on_a_distributed_scheduler(store, segments_file, tmp_path, cap
     distributed = pytest.importorskip("distributed")
     out = tmp_path / "allocation.json"
     with distributed.LocalCluster(
-        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0"
     ) as cluster:
         argv = ["allocate", str(store), "--segments", str(segments_file), "--out", str(out)]
         before = cluster.scheduler.transition_counter
@@ -599,7 +599,7 @@ def test_distributed_progress_goes_to_stderr(store, segments_file, capsys, monke
     distributed = pytest.importorskip("distributed")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     with distributed.LocalCluster(
-        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0"
     ) as cluster:
         argv = ["allocate", str(store), "--segments", str(segments_file)]
         assert cli.main([*argv, "--scheduler", cluster.scheduler_address]) == 0

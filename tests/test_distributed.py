@@ -23,13 +23,17 @@ SEGMENTS = {
 
 @pytest.fixture(scope="module")
 def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+    # A dashboard on a free port (":0"), so another cluster on this machine cannot collide;
+    # closes with a deadline, so a cluster that lost a worker cannot hang the test session.
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
         yield client
+    finally:
+        client.close(timeout=30)
+        cluster.close(timeout=60)
 
 
 def lazy_posterior(delay: float = 0.0):

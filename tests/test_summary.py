@@ -401,7 +401,7 @@ def test_the_whole_summary_computes_as_one_collection_on_a_cluster():
     eager = pt.segment_summary(pt.posterior(ds), OVERLAPPING_SEGMENTS)
     with (
         distributed.LocalCluster(
-            n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+            n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
