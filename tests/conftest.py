@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, settings
 
+import pytyche as pt
+
 from helpers import random_result
 
 # No deadline: the first example of a run may include numba compiling (or loading) a kernel.
@@ -17,3 +19,11 @@ settings.load_profile("pytyche")
 @pytest.fixture
 def hurdle_result():
     return random_result("hurdle", seed=1)
+
+
+@pytest.fixture
+def options():
+    """``pt.set_options`` for one test: every option is restored when the test ends."""
+    saved = pt.get_options()
+    yield pt.set_options
+    pt.set_options(**saved)

@@ -23,7 +23,7 @@ _SPEC: dict[str, tuple[int | None, int, str]] = {
     ),
     "atom_budget_bytes": (
         256 * MIB,
-        1,
+        0,
         "largest total size of the per-thread float64 atom accumulators of the numpy path",
     ),
     "chunk_bytes": (
@@ -75,7 +75,7 @@ class set_options:
         (default 32 MiB).
     atom_budget_bytes : int, optional
         Largest total size of the per-thread float64 atom accumulators on the numpy path
-        (default 256 MiB); beyond it each block adds its rows into segments itself.
+        (default 256 MiB); beyond it each block adds its rows into segments itself (0: always).
     chunk_bytes : int, optional
         Target size of a visitor chunk of the posterior variables written by fits, read by
         :func:`pytyche.open_posterior` and built by :func:`pytyche.from_arrays` (default
@@ -94,7 +94,7 @@ class set_options:
     ------
     ValueError
         For an unknown option, or a value that is not a positive integer (``num_threads``
-        may be None; ``exact_tree_budget`` may be 0).
+        may be None; ``atom_budget_bytes`` and ``exact_tree_budget`` may be 0).
 
     Examples
     --------

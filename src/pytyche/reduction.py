@@ -1,34 +1,43 @@
 """The xarray layer of the visitor → segment reduction: lazy on dask, threaded on numpy.
 
-On dask, :func:`pytyche._kernels.segment_sums_block` runs once per visitor chunk of the
-visitor-major metric and the (segment, ...) float64 partial sums are tree-reduced, so memory
-stays bounded by a few chunks whatever the posterior's size. On numpy, atoms are found once
-for all visitors, threads each stream through their share of visitors in bounded blocks into
-per-atom accumulators, and atoms are added into segments once at the end.
+On dask with the membership in memory (covariates loaded, not dask-backed),
+atoms (visitors with the same membership pattern) are found once; each visitor chunk's task
+only adds its rows into per-atom float64 partials, the partials are tree-reduced and atoms are
+added into segments once, in a last small task. With a lazy membership, or more atoms than a
+chunk can fill, :func:`pytyche._kernels.segment_sums_block` runs once per visitor chunk and the
+(segment, ...) partials are tree-reduced. Either way memory stays bounded by a few chunks
+whatever the posterior's size. On numpy, atoms are found once for all visitors, threads each
+stream through their share of visitors in bounded blocks into per-atom accumulators, and atoms
+are added into segments once at the end.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._kernels import atom_sums_block, atoms_to_segments, segment_sums_block, visitor_atoms
+from ._config import get_options, worker_threads
+from ._kernels import (
+    MIN_VISITORS_PER_ATOM,
+    ROWS_PER_UPDATE,
+    atom_sums_block,
+    atoms_to_segments,
+    kernel_dtype,
+    segment_sums_block,
+    visitor_atoms,
+)
 from .results import VISITOR, BCFResult
 
 __all__ = ["segment_sums"]
 
-# Numpy-backed posteriors are streamed in visitor blocks of about this many bytes (more when
-# there are many atoms), so a posterior in another axis order is copied to visitor-major one
-# small block at a time. Threads: dask's ``num_workers`` setting when set, else all cores.
-NUMPY_BLOCK_BYTES = 32 * 2**20
-# Largest total size of the per-thread float64 atom accumulators on the numpy path.
-ATOM_BUDGET_BYTES = 256 * 2**20
+# Sizes (pt.set_options): numpy-backed posteriors are streamed in visitor blocks of about
+# ``numpy_block_bytes`` (more when there are many atoms), so a posterior in another axis order
+# is copied to visitor-major one small block at a time; the per-thread float64 atom
+# accumulators of the numpy path take at most ``atom_budget_bytes`` in all.
 
 
 def segment_sums(result: BCFResult, membership: xr.DataArray) -> xr.DataArray:
@@ -80,7 +89,14 @@ def segment_sums(result: BCFResult, membership: xr.DataArray) -> xr.DataArray:
 
 
 def _dask_segment_sums(factors, membership):
-    """One blockwise task per visitor block, then a tree sum of the (segment, ...) partials."""
+    """One blockwise task per visitor block, then a tree sum of the partials.
+
+    With the membership in memory and few atoms (visitors with the same membership pattern),
+    the atoms are found once, each chunk's task only adds its rows into per-atom float64
+    partials (its labels are a small int array), and atoms are added into segments once,
+    after the tree sum. Otherwise (lazy membership, or too many atoms) each chunk finds its
+    own atoms and returns (segment, ...) partials.
+    """
     first = next((f for f in factors if isinstance(f, da.Array)), None)
     if first is None:  # only the membership is lazy: follow its visitor chunks
         visitor_chunks = membership.chunks[1]
@@ -90,14 +106,44 @@ def _dask_segment_sums(factors, membership):
         f if isinstance(f, da.Array) else da.from_array(f, chunks=(visitor_chunks, *f.shape[1:]))
         for f in factors
     ]
-    if not isinstance(membership, da.Array):
-        membership = da.from_array(membership, chunks=(-1, visitor_chunks))
-    membership = membership.rechunk({0: -1})
-
     trailing = tuple(f"t{i}" for i in range(factors[0].ndim - 1))
     factor_args = []
     for f in factors:
         factor_args += [f, ("v", *trailing)]
+    meta = np.empty((0,) * (len(trailing) + 2), dtype=np.float64)
+
+    if not isinstance(membership, da.Array):
+        labels, atom_membership = visitor_atoms(membership)
+        n_atoms = len(atom_membership)
+        columns = math.prod(factors[0].shape[1:])
+        chunk_bytes = max(visitor_chunks) * columns * factors[0].dtype.itemsize
+        if (
+            0 < MIN_VISITORS_PER_ATOM * n_atoms <= max(visitor_chunks)
+            and n_atoms * columns * 8 <= chunk_bytes
+        ):
+            partials = da.blockwise(
+                _block_atom_sums,
+                ("v", "a", *trailing),
+                *factor_args,
+                da.from_array(labels, chunks=(visitor_chunks,)),
+                ("v",),
+                new_axes={"a": n_atoms},
+                adjust_chunks={"v": 1},
+                dtype=np.float64,
+                meta=meta,
+                n_atoms=n_atoms,
+            )
+            atom_totals = partials.sum(axis=0, dtype=np.float64)
+            n_segments = atom_membership.shape[1]
+            return atom_totals.map_blocks(
+                _block_atoms_to_segments,
+                atom_membership,
+                chunks=((n_segments,), *atom_totals.chunks[1:]),
+                dtype=np.float64,
+                meta=np.empty((0,) * (len(trailing) + 1), dtype=np.float64),
+            )
+        membership = da.from_array(membership, chunks=(-1, visitor_chunks))
+    membership = membership.rechunk({0: -1})
     partials = da.blockwise(
         _block_segment_sums,
         ("v", "s", *trailing),
@@ -106,7 +152,7 @@ def _dask_segment_sums(factors, membership):
         ("s", "v"),
         adjust_chunks={"v": 1},
         dtype=np.float64,
-        meta=np.empty((0,) * (len(trailing) + 2), dtype=np.float64),
+        meta=meta,
     )
     return partials.sum(axis=0, dtype=np.float64)
 
@@ -116,12 +162,25 @@ def _block_segment_sums(*blocks):
     return segment_sums_block(tuple(factors), membership)[np.newaxis]
 
 
+def _block_atom_sums(*blocks, n_atoms):
+    *factors, labels = blocks
+    sums = np.zeros((n_atoms, math.prod(factors[0].shape[1:])), dtype=np.float64)
+    atom_sums_block(tuple(factors), labels, sums)
+    return sums.reshape(1, n_atoms, *factors[0].shape[1:])
+
+
+def _block_atoms_to_segments(atom_totals, atom_membership):
+    sums = atoms_to_segments(atom_totals.reshape(len(atom_totals), -1), atom_membership)
+    return sums.reshape(-1, *atom_totals.shape[1:])
+
+
 def _numpy_segment_sums(factors, membership):
     """Threads stream through visitor blocks, accumulating per atom (or per segment)."""
     n_visitors = factors[0].shape[0]
     trailing = factors[0].shape[1:]
     columns = math.prod(trailing)
     n_threads = max(1, min(worker_threads(), n_visitors))
+    options = get_options()
 
     labels, atom_membership = visitor_atoms(membership)
     n_atoms = len(atom_membership)
@@ -129,12 +188,22 @@ def _numpy_segment_sums(factors, membership):
     # segments once. Heavily overlapping segments can make atoms as many as visitors: then
     # each block finds its own atoms and adds them into segments itself, so memory stays
     # bounded by the block size.
-    global_atoms = n_atoms * columns * 8 * n_threads <= ATOM_BUDGET_BYTES
+    global_atoms = n_atoms * columns * 8 * n_threads <= options["atom_budget_bytes"]
     n_rows = n_atoms if global_atoms else membership.shape[0]
     row_bytes = max(1, sum(f.dtype.itemsize for f in factors) * columns)
-    # Blocks of several visitors per atom keep the accumulator traffic below the data's.
-    block = max(1, NUMPY_BLOCK_BYTES // row_bytes, 4 * n_atoms if global_atoms else 0)
+    # Blocks of several visitors per atom keep the accumulator traffic below the data's: the
+    # kernel adds a block's same-atom rows together before each accumulator update.
+    atom_rows = MIN_VISITORS_PER_ATOM * n_atoms if global_atoms else 0
+    block = max(1, options["numpy_block_bytes"] // row_bytes, atom_rows)
     n_threads = max(1, min(n_threads, -(-n_visitors // block)))
+    in_place = all(
+        isinstance(f, np.ndarray) and f.flags.c_contiguous and kernel_dtype(f.dtype) == f.dtype
+        for f in factors
+    )
+    if global_atoms and in_place:
+        # Blocks that are views (native floats, visitor-major) cost no memory: let them hold
+        # two register groups of rows per atom, within each thread's share of visitors.
+        block = max(block, min(2 * ROWS_PER_UPDATE * n_atoms, -(-n_visitors // n_threads)))
     edges = np.linspace(0, n_visitors, n_threads + 1).astype(int)
 
     def stream(lo: int, hi: int) -> np.ndarray:
@@ -156,16 +225,3 @@ def _numpy_segment_sums(factors, membership):
     if global_atoms:
         sums = atoms_to_segments(sums, atom_membership)
     return sums.reshape(-1, *trailing)
-
-
-def worker_threads() -> int:
-    """Threads for pytyche's own pools: dask's ``num_workers`` setting, else all cores."""
-    configured = dask.config.get("num_workers", None)
-    return int(configured) if configured else _available_cores()
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
