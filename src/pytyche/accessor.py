@@ -43,7 +43,9 @@ class TycheAccessor:
 
     def membership(self, segments) -> xr.DataArray:
         """Call :func:`pytyche.analysis.membership` on this Dataset's observed data."""
-        return analysis.membership(segments, check_posterior(self.result).observed)
+        observed = check_posterior(self.result).observed
+        assert observed is not None  # check_posterior refuses a posterior without observed data
+        return analysis.membership(segments, observed)
 
     def recommend(
         self,

@@ -113,7 +113,7 @@ def observed_data(
     first_arm, first = pairs[0]
     has_ids = VISITOR_ID in first.columns
     inferred = covariates is None
-    if inferred:
+    if covariates is None:
         covariates = [str(c) for c in first.columns if c not in (outcome, VISITOR_ID)]
     else:
         if isinstance(covariates, str | bytes):

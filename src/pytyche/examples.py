@@ -96,6 +96,7 @@ def example_posterior(
     shape = (n_visitors, *sample_shape, len(arms))
     sample_dims = ("draw",) if n_chains is None else ("chain", "draw")
     data_vars = {}
+    data: np.ndarray | da.Array
     for name in variables:
         if chunks is None:
             data = block(0, n_visitors, name)

@@ -43,8 +43,10 @@ import sys
 import tempfile
 import uuid
 import warnings
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -130,7 +132,7 @@ def to_zarr(result, path, *, overwrite: bool = False) -> Path:
 
     target = check_write_target(path, overwrite=overwrite)
     ds = _prepare(result, get_options()["chunk_bytes"], fmt="Zarr")
-    encoding = {}
+    encoding: dict[Hashable, dict[str, Any]] = {}
     for name, var in ds.variables.items():
         # Zarr's default compressor, then a checksum of the compressed bytes.
         encoding[name] = {"compressors": [ZstdCodec(level=0), Crc32cCodec()]}
@@ -191,7 +193,7 @@ def to_netcdf(result, path, *, overwrite: bool = False) -> Path:
     """
     target = check_write_target(path, overwrite=overwrite, directory=False)
     ds = _prepare(result, get_options()["chunk_bytes"], fmt="netCDF")
-    encoding = {}
+    encoding: dict[Hashable, dict[str, Any]] = {}
     for name, var in ds.variables.items():
         if _is_text(var.dtype) or var.ndim == 0:
             continue  # HDF5 applies no checksum filter to variable-length strings
@@ -251,7 +253,7 @@ def open_posterior(path, chunks="auto") -> BCFResult:
         raise FileNotFoundError(_not_found(target))
     engine = _engine(target)
     identity = _identity(target)
-    kwargs = {"consolidated": False} if engine == "zarr" else {}
+    kwargs: dict[str, Any] = {"consolidated": False} if engine == "zarr" else {}
     try:
         raw = xr.open_dataset(target, engine=engine, chunks=None, **kwargs)
     except Exception as error:
@@ -428,7 +430,7 @@ def _prepare(result, chunk_bytes: int, fmt: str) -> xr.Dataset:
         rows = visitor_chunk(var.shape, var.dtype.itemsize, chunk_bytes)
         data = da.asarray(var.data).rechunk((rows, *var.shape[1:]))
         data_vars[name] = (order, data, var.attrs)
-    coords = {}
+    coords: dict[Hashable, xr.Variable] = {}
     for name, coord in ds.coords.items():
         # Encoding from the store a result was read from does not carry over.
         variable = xr.Variable(coord.dims, coord.variable.data, coord.attrs)
@@ -485,8 +487,9 @@ def _encode_text(data, name: str, fmt: str):
     The mask is None for in-memory text without missing values; lazy text always gets one.
     """
     if isinstance(data, da.Array):
-        text = data.map_blocks(lambda b: _encode_text_block(b, name, fmt)[0], dtype=object)
-        missing = data.map_blocks(lambda b: _encode_text_block(b, name, fmt)[1], dtype=bool)
+        # da.map_blocks, not the method: typeshed's functools.wraps hides the method's signature.
+        text = da.map_blocks(lambda b: _encode_text_block(b, name, fmt)[0], data, dtype=object)
+        missing = da.map_blocks(lambda b: _encode_text_block(b, name, fmt)[1], data, dtype=bool)
         return text, missing
     text, missing = _encode_text_block(np.asarray(data), name, fmt)
     return text, (missing if missing.any() else None)
@@ -775,7 +778,7 @@ def _lazy(raw: xr.Dataset, names, target: Path, chunks, identity) -> xr.Dataset:
             rows = visitor_chunk(variable.shape, variable.dtype.itemsize)
             data = _guarded(variable, name, target, rows, identity)
             if _is_text(variable.dtype):
-                data = data.map_blocks(_as_object, dtype=object)
+                data = da.map_blocks(_as_object, data, dtype=object)  # as in _encode_text
             variable = xr.Variable(variable.dims, data, variable.attrs)
         coords[name] = variable
     return xr.Dataset(data_vars, coords=coords, attrs=dict(raw.attrs))
@@ -799,7 +802,7 @@ def _rows(chunks, var: xr.Variable, stored_rows: int | None) -> int:
     return max(1, min(rows, var.shape[0]))
 
 
-def _guarded(var: xr.Variable, name: str, target: Path, rows: int, identity) -> da.Array:
+def _guarded(var: xr.Variable, name: Hashable, target: Path, rows: int, identity) -> da.Array:
     """A dask array over a stored variable, split along its first axis only."""
     return da.from_array(
         _GuardedReader(var, name, target, identity),
@@ -819,7 +822,7 @@ class _GuardedReader:
     come from the replacement.
     """
 
-    def __init__(self, variable: xr.Variable, name: str, path: Path, identity):
+    def __init__(self, variable: xr.Variable, name: Hashable, path: Path, identity):
         self.variable = variable
         self.name = name
         self.path = path

@@ -437,7 +437,7 @@ def _check_contract(ds: xr.Dataset, family: str, variables: tuple[str, ...]) -> 
         extra = set(var.dims) - {VISITOR, DRAW, ARM, CHAIN}
         if extra:
             raise ValueError(
-                f"variable {name!r} has unexpected dim(s) {sorted(extra)}; expected "
+                f"variable {name!r} has unexpected dim(s) {sorted(extra, key=str)}; expected "
                 "(visitor, draw, arm) with an optional chain"
             )
         if set(var.dims) != dims:

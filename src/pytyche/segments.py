@@ -218,13 +218,13 @@ def covariate_kind(values: Any, name: str = "covariate") -> str:
     if kind != "object":
         return kind
     inferred = pd.api.types.infer_dtype(values, skipna=True)
-    kind = _INFERRED_KINDS.get(inferred)
-    if kind is None:
+    inferred_kind = _INFERRED_KINDS.get(inferred)
+    if inferred_kind is None:
         raise TypeError(
             f"covariate {name!r} (dtype object) holds values of kinds [{inferred!r}]; expected "
             "all text, all numbers or all booleans (None/NaN for missing)"
         )
-    return kind
+    return inferred_kind
 
 
 # pandas' infer_dtype vocabulary → covariate kinds; anything else mixes kinds or is unsupported.
@@ -439,9 +439,10 @@ class Clause:
         return out
 
     def _compare(self, values: np.ndarray) -> np.ndarray:
-        literals = self.literals
+        literals: tuple[bool | int | float | str | bytes, ...] = self.literals
         if values.dtype.kind == "S":
-            literals = tuple(v.encode() for v in literals)
+            # Bytes are text: check_dtype has let only text (str) literals through.
+            literals = tuple(v.encode() if isinstance(v, str) else v for v in literals)
         if self.op in _SET_OPS:
             hit = np.zeros(values.shape, dtype=bool)
             for literal in literals:
@@ -533,7 +534,8 @@ def _tokenize(text: str) -> list[_Token]:
 
 
 def _scan_string(text: str, start: int) -> tuple[str, int]:
-    quote, i, chars = text[start], start + 1, []
+    quote, i = text[start], start + 1
+    chars: list[str] = []
     while i < len(text):
         ch = text[i]
         if ch == quote:
@@ -790,7 +792,7 @@ class SegmentRule:
     def _mask(self, observed: xr.Dataset) -> xr.Variable:
         if not self.clauses:
             return _everyone(observed)
-        mask = None
+        mask: xr.Variable | None = None
         for clause in self.clauses:
             covariate = _covariate(observed, clause.covariate)
             clause.check_dtype(covariate.dtype)
@@ -798,6 +800,7 @@ class SegmentRule:
                 clause.evaluate, covariate, dask="parallelized", output_dtypes=[bool]
             )
             mask = hit if mask is None else mask & hit
+        assert mask is not None  # self.clauses is not empty (checked above)
         return mask
 
 
@@ -823,7 +826,7 @@ def _visitor_chunks(observed: xr.Dataset) -> tuple[int, ...] | None:
     """Visitor chunks of the first dask-backed variable along ``visitor``, if any."""
     for var in observed.variables.values():
         if VISITOR in var.dims and isinstance(var.data, da.Array):
-            return var.chunks[var.dims.index(VISITOR)]
+            return var.data.chunks[var.dims.index(VISITOR)]
     return None
 
 
@@ -1079,7 +1082,11 @@ def membership(
            [False,  True]])
     """
     segments = as_segments(segments)
-    rows = [segment.rule._mask(observed).data for segment in segments]
+    rows = []
+    for segment in segments:
+        rule = segment.rule
+        assert isinstance(rule, SegmentRule)  # DiscoveredSegment parses rule text on creation
+        rows.append(rule._mask(observed).data)
     if any(isinstance(row, da.Array) for row in rows):
         chunks = _visitor_chunks(observed)
         rows = [

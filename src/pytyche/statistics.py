@@ -7,7 +7,7 @@ Each function stays lazy on dask input; the public functions of :mod:`pytyche.an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -90,7 +90,9 @@ def segment_statistics(
         check_members(member, members.values)
     sums = segment_sums(result, member)
     # Empty or non-finite segments become NaN before any arithmetic that would warn on them.
-    valid = np.isfinite(sums).all([d for d in sums.dims if d != "segment"]) & (members > 0)
+    # numpy's stubs type a ufunc of a DataArray as an ndarray; __array_ufunc__ keeps the DataArray.
+    finite = cast(xr.DataArray, np.isfinite(sums))
+    valid = finite.all([d for d in sums.dims if d != "segment"]) & (members > 0)
     means = (sums / members.where(members > 0)).where(valid).rename("segment_mean")
     return means, members, valid
 

@@ -471,6 +471,7 @@ class SequentialExperiment:
         expected = np.zeros(shape)
         for i, r in enumerate(rounds):
             data, plan = self._data[r], self._plans[r]
+            assert data is not None  # srm passes only the rounds with recorded visitors
             cell = pd.Categorical(data["cell"].values.astype(str), categories=CELLS).codes
             arm = pd.Categorical(data["variant"].values.astype(str), categories=self.arms).codes
             np.add.at(observed[i], (cell, arm), 1.0)
@@ -605,7 +606,10 @@ class SequentialExperiment:
         rows /= rows.sum(axis=1, keepdims=True)
         # Canonical coordinate order: the fit's design matrix follows it, and a resumed
         # experiment must fit exactly the same matrix.
-        names = ["variant", *self._covariate_names(), "outcome"]
+        covariates = self._covariate_names()
+        if covariates is None:  # `cumulative` was passed in, but nothing was recorded here
+            raise ValueError("nothing recorded yet")
+        names = ["variant", *covariates, "outcome"]
         observed = xr.Dataset(
             coords={
                 "visitor": data["visitor"].values,
@@ -615,7 +619,7 @@ class SequentialExperiment:
         )
         return observed, rows
 
-    def _fit(self, cumulative: xr.Dataset, next_round: int):
+    def _fit(self, cumulative: xr.Dataset | None, next_round: int):
         observed, propensity = self.fit_data(cumulative)
         options = dict(self.config["fit_options"])
         # Each round's fit gets its own seed; kept below 2**31 for the sampler.
@@ -733,7 +737,9 @@ class SequentialExperiment:
         """
         rounds = self._rounds
         text = ("plan", "fit_options", "data_hash", "package_version", "planned_at", "closed_at")
-        data = {name: ("round", np.array([r[name] for r in rounds], dtype=object)) for name in text}
+        data: dict[str, tuple[str | tuple[str, ...], np.ndarray]] = {
+            name: ("round", np.array([r[name] for r in rounds], dtype=object)) for name in text
+        }
         data["seed"] = ("round", np.array([r["seed"] for r in rounds], dtype=np.uint64))
         data["fitted_visitors"] = ("round", np.array([r["fitted_visitors"] for r in rounds]))
         data["status"] = ("round", np.array([p.status for p in self._plans], dtype=object))

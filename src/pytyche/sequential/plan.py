@@ -378,6 +378,7 @@ class RoundPlan:
             (segment, arm), rows summing to 1; segment -1 is the visitors in no segment.
         """
         total = sum(self.cells[c] * self.cell_probability(c) for c in CELLS)
+        assert isinstance(total, xr.DataArray)  # CELLS is not empty, so this is no bare 0
         total.name = "effective_probability"
         return total
 
@@ -607,7 +608,8 @@ class RoundPlan:
             other.to_dict(), sort_keys=True
         )
 
-    __hash__ = None  # mutable (the assignment log grows)
+    # Mutable (the assignment log grows). Typeshed marks list and dict unhashable the same way.
+    __hash__ = None  # type: ignore[assignment]
 
     # -- display ----------------------------------------------------------------------------
 

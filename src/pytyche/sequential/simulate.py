@@ -162,7 +162,7 @@ def simulate_sequential(
     best_share = np.full((*shape, len(segments)), np.nan)
     visitors = np.zeros(rounds, dtype=np.int64)
     oracle = np.zeros(rounds)
-    truth_log = {name: [] for name in POLICIES}
+    truth_log: dict[str, list[pd.DataFrame]] = {name: [] for name in POLICIES}
     for r in range(rounds):
         n = round_size(plan_schedule, r)
         _, truth = simulate_experiment(
@@ -202,6 +202,7 @@ def simulate_sequential(
             next_plan = exp.advance()
             out["advance_seconds"][p, r] = time.perf_counter() - started
             logged = exp.recorded()
+            assert logged is not None  # exp.record was called just above
             estimator = "dr" if exp.posterior is not None else "ipw"
             ope = evaluate_policy(
                 logged,
@@ -220,7 +221,9 @@ def simulate_sequential(
                 out[f"ope_{key}"][p, r] = float(ope[key])
             out["round_seconds"][p, r] = time.perf_counter() - round_started
     dims = ("policy", "round")
-    data = {name: (dims, values) for name, values in out.items()}
+    data: dict[str, tuple[str | tuple[str, ...], np.ndarray]] = {
+        name: (dims, values) for name, values in out.items()
+    }
     data["cumulative_regret"] = (dims, np.cumsum(out["regret"], axis=1))
     data["regret_per_visitor"] = (dims, out["regret"] / visitors)
     data["oracle_metric"] = ("round", oracle)
