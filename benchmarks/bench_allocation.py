@@ -42,7 +42,6 @@ import numpy as np
 import xarray as xr
 
 import pytyche as pt
-from pytyche import reduction
 from pytyche._kernels import atom_sums_block
 
 N_FLAGS = 64
@@ -115,7 +114,7 @@ def interleaved(fn, baseline, repeat: int) -> tuple[float, float]:
 def kernel_per_thread(x: np.ndarray, labels: np.ndarray, n_atoms: int, repeat: int):
     """Seconds for the kernel on one thread and for numpy's 1-thread float32 sum, same rows."""
     rows = x.reshape(len(x), -1)
-    block = max(1, reduction.NUMPY_BLOCK_BYTES // rows[:1].nbytes)
+    block = max(1, pt.get_options()["numpy_block_bytes"] // rows[:1].nbytes)
     sums = np.zeros((n_atoms, rows.shape[1]), dtype=np.float64)
 
     def kernel():
