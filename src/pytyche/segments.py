@@ -787,21 +787,8 @@ class SegmentRule:
         >>> SegmentRule.parse("age > 40").evaluate(ds).values
         array([False,  True])
         """
-        return xr.DataArray(self._mask(observed), coords=_visitor_coords(observed))
-
-    def _mask(self, observed: xr.Dataset) -> xr.Variable:
-        if not self.clauses:
-            return _everyone(observed)
-        mask: xr.Variable | None = None
-        for clause in self.clauses:
-            covariate = _covariate(observed, clause.covariate)
-            clause.check_dtype(covariate.dtype)
-            hit = xr.apply_ufunc(
-                clause.evaluate, covariate, dask="parallelized", output_dtypes=[bool]
-            )
-            mask = hit if mask is None else mask & hit
-        assert mask is not None  # self.clauses is not empty (checked above)
-        return mask
+        rows = membership({0: self}, observed)
+        return rows.isel(segment=0).drop_vars(["segment", "rule"]).rename(None)
 
 
 def _covariate(observed: xr.Dataset, name: str) -> xr.Variable:
@@ -828,14 +815,6 @@ def _visitor_chunks(observed: xr.Dataset) -> tuple[int, ...] | None:
         if VISITOR in var.dims and isinstance(var.data, da.Array):
             return var.data.chunks[var.dims.index(VISITOR)]
     return None
-
-
-def _everyone(observed: xr.Dataset) -> xr.Variable:
-    size = _visitor_size(observed)
-    chunks = _visitor_chunks(observed)
-    if chunks is None:
-        return xr.Variable(VISITOR, np.ones(size, dtype=bool))
-    return xr.Variable(VISITOR, da.ones(size, dtype=bool, chunks=(chunks,)))
 
 
 def _visitor_coords(observed: xr.Dataset) -> dict[str, xr.Variable]:
@@ -1082,20 +1061,53 @@ def membership(
            [False,  True]])
     """
     segments = as_segments(segments)
-    rows = []
+    rules: list[SegmentRule] = []
     for segment in segments:
-        rule = segment.rule
-        assert isinstance(rule, SegmentRule)  # DiscoveredSegment parses rule text on creation
-        rows.append(rule._mask(observed).data)
-    if any(isinstance(row, da.Array) for row in rows):
-        chunks = _visitor_chunks(observed)
-        rows = [
-            row.rechunk((chunks,)) if isinstance(row, da.Array) else da.from_array(row, (chunks,))
-            for row in rows
-        ]
-        data = da.stack(rows).rechunk({0: -1})
+        assert isinstance(segment.rule, SegmentRule)  # rule text is parsed when a segment is made
+        rules.append(segment.rule)
+    names = list(dict.fromkeys(name for rule in rules for name in rule.covariates))
+    variables = {name: _covariate(observed, name) for name in names}
+    # Every clause's kind is checked here, before anything is computed.
+    for rule in rules:
+        for clause in rule.clauses:
+            clause.check_dtype(variables[clause.covariate].dtype)
+    size = _visitor_size(observed)
+
+    def evaluate(*columns: Any) -> np.ndarray:
+        """Every rule on one block of visitors: (segment, visitor) booleans."""
+        values = dict(zip(names, columns, strict=True))
+        out = np.ones((len(rules), len(columns[0]) if columns else size), dtype=bool)
+        for row, rule in zip(out, rules, strict=True):
+            for clause in rule.clauses:
+                row &= clause.evaluate(values[clause.covariate])
+        return out
+
+    chunks = _visitor_chunks(observed)
+    lazy = any(isinstance(v.data, da.Array) for v in variables.values()) or (
+        chunks is not None and any(not rule.clauses for rule in rules)
+    )
+    data: Any
+    if not lazy:
+        data = evaluate(*(v.data for v in variables.values()))
+    elif not variables:  # only "everyone" rules
+        data = da.ones((len(rules), size), dtype=bool, chunks=((len(rules),), chunks))
     else:
-        data = np.stack(rows)
+        # One task per visitor chunk for all rules together, so the graph grows with the
+        # chunks, not with the number of segments or clauses.
+        assert chunks is not None  # some covariate is dask-backed
+        columns = [
+            (v.data if isinstance(v.data, da.Array) else da.from_array(v.data, chunks=-1))
+            .rechunk((chunks,))
+            for v in variables.values()
+        ]
+        data = da.map_blocks(
+            evaluate,
+            *columns,
+            new_axis=0,
+            chunks=((len(rules),), chunks),
+            dtype=bool,
+            meta=np.empty((0, 0), dtype=bool),
+        )
     coords: dict[str, Any] = {
         "segment": np.array([s.id for s in segments], dtype=np.int64),
         "rule": ("segment", np.array([str(s.rule) for s in segments])),
