@@ -17,6 +17,7 @@ __all__ = [
     "check_arm_names",
     "check_choice",
     "check_count",
+    "check_metric_amount",
     "check_probability",
     "check_variable_name",
 ]
@@ -257,3 +258,48 @@ def check_variable_name(name: Any, *, what: str = "variable", reserved: Iterable
     if name in taken:
         raise ValueError(f"{what} name {name!r} is taken: pytyche uses {taken} itself; rename it")
     return name
+
+
+def check_metric_amount(name: str, value: Any, *, positive: bool = False) -> float:
+    """A finite amount in the metric's units (>= 0, or > 0) as a Python ``float``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        The value given.
+    positive : bool, default False
+        Exclude 0.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is not a real number (``bool`` included).
+    ValueError
+        When ``value`` is NaN, infinite, negative, or 0 with ``positive``.
+
+    Examples
+    --------
+    >>> check_metric_amount("min_practical_effect", 0.02)
+    0.02
+    >>> check_metric_amount("expected_loss_tolerance", 0, positive=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: expected_loss_tolerance must be a finite number > 0 (in the metric's units), got 0
+    """
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(
+            f"{name} must be a real number {bound}, got {value!r} ({type(value).__name__})"
+        )
+    number = float(value)
+    if not math.isfinite(number) or number < 0.0 or (positive and number == 0.0):
+        raise ValueError(
+            f"{name} must be a finite number {bound} (in the metric's units), got {value!r}"
+        )
+    return number

@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from numbers import Real
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.special import ndtr
 
-from ._mcse import effective_sample_size, probability_mcse
-from ._validate import check_probability
-from .results import ARM, CHAIN, DRAW, BCFResult, BinaryBCFResult, HurdleBCFResult
-from .statistics import Segments, posterior_and_membership, segment_statistics
+from ._mcse import probability_mcse
+from ._validate import check_metric_amount, check_probability
+from .results import ARM, CHAIN, BCFResult, BinaryBCFResult, HurdleBCFResult
+from .statistics import (
+    Segments,
+    indicator_ess,
+    posterior_and_membership,
+    segment_statistics,
+    whole_samples,
+)
 
 __all__ = [
     "DECISIONS",
     "DecisionThresholds",
     "Recommendation",
-    "check_metric_amount",
     "recommend",
 ]
 
@@ -48,51 +51,6 @@ REASONS = {
 }
 RELATIVE_LIFT_NOTE = "relative lift undefined: control's segment mean is <= 0 in some samples"
 PROBABILITIES = ("prob_positive", "prob_better", "prob_harm")
-
-
-def check_metric_amount(name: str, value: Any, *, positive: bool = False) -> float:
-    """A finite amount in the metric's units (>= 0, or > 0) as a Python ``float``.
-
-    Parameters
-    ----------
-    name : str
-        The argument's name, for the message.
-    value : object
-        The value given.
-    positive : bool, default False
-        Exclude 0.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    TypeError
-        When ``value`` is not a real number (``bool`` included).
-    ValueError
-        When ``value`` is NaN, infinite, negative, or 0 with ``positive``.
-
-    Examples
-    --------
-    >>> check_metric_amount("min_practical_effect", 0.02)
-    0.02
-    >>> check_metric_amount("expected_loss_tolerance", 0, positive=True)
-    Traceback (most recent call last):
-    ...
-    ValueError: expected_loss_tolerance must be a finite number > 0 (in the metric's units), got 0
-    """
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(
-            f"{name} must be a real number {bound}, got {value!r} ({type(value).__name__})"
-        )
-    number = float(value)
-    if not math.isfinite(number) or number < 0.0 or (positive and number == 0.0):
-        raise ValueError(
-            f"{name} must be a finite number {bound} (in the metric's units), got {value!r}"
-        )
-    return number
 
 
 @dataclass(frozen=True)
@@ -414,7 +372,7 @@ def recommend(
     }
     for name, event in events.items():
         variables[name] = (event.sum(sample_dims, dtype=np.int64) / n_samples).where(valid)
-    ess = _event_ess(events, sample_dims, n_samples)
+    ess = indicator_ess(events, sample_dims, n_samples)
     for name in events:
         variables[f"{name}_mcse"] = xr.apply_ufunc(
             probability_mcse,
@@ -551,13 +509,8 @@ def _means_and_intervals(per_sample, sample_dims, ci):
     stacked = xr.concat(
         [per_sample[n] for n in names], dim=pd.Index(names, name="quantity"), coords="minimal"
     )
-    whole = stacked
-    if stacked.chunks is not None:
-        # Quantiles need every sample in one block; rechunk the data only (a lazy 'rule'
-        # coordinate would be compared, and computed, when the Dataset is assembled).
-        axes = {stacked.get_axis_num(d): -1 for d in sample_dims}
-        whole = stacked.copy(data=stacked.data.rechunk(axes))
-    bounds = whole.quantile(
+    # Quantiles need every sample in one block.
+    bounds = whole_samples(stacked, sample_dims).quantile(
         [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0], dim=sample_dims, skipna=False
     ).drop_vars("quantile")
     mean = stacked.mean(sample_dims, skipna=False)
@@ -567,28 +520,6 @@ def _means_and_intervals(per_sample, sample_dims, ci):
         out[f"{name}_lower"] = bounds.isel(quantile=0).sel(quantity=name, drop=True)
         out[f"{name}_upper"] = bounds.isel(quantile=1).sel(quantity=name, drop=True)
     return out
-
-
-def _event_ess(events, sample_dims, n_samples):
-    """(segment, treatment, event) effective sample size of each event's indicator."""
-    names = list(events)
-    if CHAIN not in sample_dims:
-        template = events[names[0]].isel({DRAW: 0}, drop=True)
-        return xr.concat(
-            [xr.full_like(template, n_samples, dtype=np.float64)] * len(names),
-            dim=pd.Index(names, name="event"),
-        )
-    stacked = xr.concat([events[n] for n in names], dim=pd.Index(names, name="event"))
-    if stacked.chunks is not None:
-        axes = {stacked.get_axis_num(d): -1 for d in (CHAIN, DRAW)}
-        stacked = stacked.copy(data=stacked.data.rechunk(axes))
-    return xr.apply_ufunc(
-        effective_sample_size,
-        stacked,
-        input_core_dims=[[CHAIN, DRAW]],
-        dask="parallelized",
-        output_dtypes=[np.float64],
-    )
 
 
 def _decide(variables, thresholds: DecisionThresholds, valid):

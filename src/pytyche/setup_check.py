@@ -17,9 +17,8 @@ import pandas as pd
 import xarray as xr
 from scipy.special import ndtri
 
-from ._validate import check_arm_names, check_choice
+from ._validate import check_arm_names, check_choice, check_metric_amount
 from .data import OUTCOME, VARIANT
-from .decisions import check_metric_amount
 from .results import RESULT_TYPES
 from .segments import covariate_kind, covariate_names
 

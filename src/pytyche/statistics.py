@@ -10,17 +10,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
+from ._mcse import effective_sample_size
 from .reduction import segment_sums
-from .results import ARM, BCFResult, check_posterior
+from .results import ARM, CHAIN, DRAW, BCFResult, check_posterior
 from .segments import DiscoveredSegment, as_segments, membership
 
 __all__ = [
     "Segments",
     "check_members",
+    "indicator_ess",
     "posterior_and_membership",
     "segment_statistics",
+    "whole_samples",
     "win_counts",
 ]
 
@@ -151,3 +155,64 @@ def check_members(member: xr.DataArray, counts: np.ndarray, valid: np.ndarray | 
                 f"segment {int(segment_id)} ({rule}): a member's posterior draws contain NaN "
                 "or infinity; check the posterior"
             )
+
+
+def indicator_ess(
+    events: dict[str, xr.DataArray], sample_dims: list[str], n_samples: int
+) -> xr.DataArray:
+    """Effective sample size of each event's per-sample indicator, along a new ``event`` dim.
+
+    Parameters
+    ----------
+    events : dict of str to xarray.DataArray
+        Indicators (boolean or 0/1) with the sample dims, all of the same shape.
+    sample_dims : list of str
+        The sample dims: ``[draw]`` or ``[chain, draw]``.
+    n_samples : int
+        The number of samples.
+
+    Returns
+    -------
+    xarray.DataArray
+        float64, the indicators' other dims and ``event``: ``n_samples`` without a ``chain``
+        dim (samples taken as independent), else :func:`pytyche._mcse.effective_sample_size`
+        across chains. Lazy on dask input.
+    """
+    names = list(events)
+    index = pd.Index(names, name="event")
+    if CHAIN not in sample_dims:
+        template = events[names[0]].isel({DRAW: 0}, drop=True)
+        return xr.concat(
+            [xr.full_like(template, n_samples, dtype=np.float64)] * len(names), dim=index
+        )
+    stacked = whole_samples(xr.concat([events[n] for n in names], dim=index), [CHAIN, DRAW])
+    return xr.apply_ufunc(
+        effective_sample_size,
+        stacked,
+        input_core_dims=[[CHAIN, DRAW]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+
+
+def whole_samples(array: xr.DataArray, sample_dims: list[str]) -> xr.DataArray:
+    """``array`` with each sample dim in one dask chunk (unchanged when in memory).
+
+    Rechunks the data only: ``DataArray.chunk`` would also chunk a ``rule`` coordinate, and
+    merging lazy coordinates into one Dataset compares them, which computes.
+
+    Parameters
+    ----------
+    array : xarray.DataArray
+        Any array with the sample dims.
+    sample_dims : list of str
+        The dims to put in one chunk.
+
+    Returns
+    -------
+    xarray.DataArray
+    """
+    if array.chunks is None:
+        return array
+    axes = {array.get_axis_num(d): -1 for d in sample_dims}
+    return array.copy(data=array.data.rechunk(axes))
