@@ -161,7 +161,10 @@ def dtype_kind(dtype: Any) -> str:
         :func:`covariate_kind`) or ``'unsupported'``.
     """
     if isinstance(dtype, pd.CategoricalDtype):
-        dtype = dtype.categories.dtype
+        categories = dtype.categories
+        if categories.dtype.kind == "O":  # pandas < 3 keeps text categories as objects
+            return _INFERRED_KINDS.get(pd.api.types.infer_dtype(categories), "unsupported")
+        dtype = categories.dtype
     if isinstance(dtype, pd.StringDtype):
         return "text"
     if isinstance(dtype, pd.BooleanDtype):
