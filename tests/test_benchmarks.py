@@ -18,7 +18,12 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY_ARGS = {
     "bench_allocation.py": "--visitors 3000 --draws 20 --repeat 1",
     "bench_fit.py": "--visitors 300 --draws 5 --trees-mu 5 --trees-tau 3",
+    "bench_fit_scale.py": (
+        "--visitors 2000 --train 500 --draws 5 --trees-mu 5 --trees-tau 3 "
+        "--compare-visitors 1000 --dir {tmp}"
+    ),
     "bench_io.py": "--gb 0.002 --draws 10 --netcdf --dir {tmp}",
+    "bench_out_of_core.py": "--gib 0.002 --draws 10 --dir {tmp}",
     "bench_policy_tree.py": "--visitors 3000 --draws 5 --depths 2 --bootstrap 0",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 
 import dask.array as da
 import numpy as np
@@ -12,6 +13,8 @@ import xarray as xr
 
 import pytyche as pt
 from pytyche.fitting import design_matrix, infer_family
+
+from helpers import counting_scheduler
 
 # The module, not the pt.fit function that shadows it as an attribute of the package.
 fit_module = importlib.import_module("pytyche.fitting")
@@ -334,3 +337,197 @@ def test_progress_lines(monkeypatch, capsys):
     assert err.count("done in") == 2
     pt.fit_hurdle_bcf(observed, **TINY)  # progress=False: silent
     assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- max_train_visitors
+
+
+def fit_info(result) -> dict:
+    return json.loads(result.dataset.attrs["pytyche_fit"])
+
+
+@pytest.mark.parametrize(
+    ("family", "n_chains"), [("binary", 1), ("continuous", 2), ("hurdle", 1), ("hurdle", 2)]
+)
+def test_lazy_prediction_equals_the_eager_fit(family, n_chains):
+    """max_train_visitors >= the visitors: the same forests, predicted lazily per chunk."""
+    observed, _ = pt.simulate_experiment(500, family=family, seed=4)
+    options = {**TINY, "n_chains": n_chains, "seed": 2}
+    eager = pt.fit(observed, family=family, **options)
+    chunk_bytes = 120 * n_chains * 12 * 3 * 4  # 120 visitors per chunk: 5 chunks, one short
+    for limit in (500, 10**9):
+        lazy = pt.fit(
+            observed, family=family, max_train_visitors=limit, chunk_bytes=chunk_bytes, **options
+        )
+        info = fit_info(lazy)
+        assert info["train_visitors"] == 500 and info["prediction"] == "lazy"
+        assert info["max_train_visitors"] == limit
+        for name in eager.metric_variables:
+            a, b = eager.dataset[name], lazy.dataset[name]
+            assert b.dims == a.dims and b.dtype == np.float32
+            assert b.data.chunks[0] == (120, 120, 120, 120, 20)
+            assert b.data.chunks[1:] == tuple((size,) for size in b.shape[1:])
+            np.testing.assert_allclose(b.values, a.values, rtol=1e-6, atol=0)
+        # The same observed data rides along, and the result passes the contract's checks.
+        xr.testing.assert_equal(lazy.observed, eager.observed)
+        pt.posterior(lazy.dataset)
+    assert fit_info(eager)["train_visitors"] == 500
+    assert fit_info(eager)["prediction"] == "eager"
+    if family == "hurdle":
+        assert fit_info(eager)["train_converters"] == int((observed["outcome"] > 0).sum())
+
+
+def test_lazy_prediction_with_two_arms_visitor_propensities_and_a_one_visitor_chunk():
+    """stochtree squeezes size-1 axes of its predictions; propensity enters the μ forest."""
+    observed, _ = pt.simulate_experiment(241, ("control", "T"), "continuous", seed=3)
+    propensity = np.tile([0.5, 0.5], (241, 1))
+    propensity[:100] = [0.3, 0.7]
+    options = {**TINY, "n_draws": 2, "propensity": propensity, "seed": 4}
+    eager = pt.fit_continuous_bcf(observed, **options)
+    lazy = pt.fit_continuous_bcf(
+        observed, max_train_visitors=241, chunk_bytes=120 * 2 * 2 * 4, **options
+    )
+    assert lazy.dataset["expected"].data.chunks == ((120, 120, 1), (2,), (2,))
+    np.testing.assert_allclose(
+        lazy.dataset["expected"].values, eager.dataset["expected"].values, rtol=1e-6
+    )
+    sampled = pt.fit_continuous_bcf(observed, max_train_visitors=100, **options)
+    assert np.isfinite(sampled.dataset["expected"].values).all()
+    with pytest.raises(ValueError, match="pass n_draws >= 2"):
+        pt.fit_continuous_bcf(observed, max_train_visitors=100, **{**options, "n_draws": 1})
+
+
+def test_sampled_fit_predicts_its_training_visitors_as_stochtree_did(stochtree_runs):
+    """On the visitors it trained on, the lazy posterior is built from stochtree's own draws."""
+    from scipy.special import ndtr
+
+    observed, _ = pt.simulate_experiment(1_500, family="hurdle", seed=5)
+    result = pt.fit_hurdle_bcf(observed, max_train_visitors=400, seed=3, **TINY)
+    (conversion_model, conversion_args), (value_model, value_args) = stochtree_runs
+    outcome = observed["outcome"].values
+    converted = outcome > 0
+    codes = fit_module.arm_codes(observed, ["control", "A", "B"])
+    rows = fit_module.stratified_sample(codes * 2 + converted, 400, seed=3, floor=10)
+    _, X = design_matrix(observed)
+    np.testing.assert_array_equal(conversion_args["X"], X[rows])
+    np.testing.assert_array_equal(conversion_args["y"], converted[rows])
+    assert "X_test" not in conversion_args  # nothing predicted while training
+    value_rows = rows[converted[rows]]
+    np.testing.assert_array_equal(value_args["X"], X[value_rows])
+    np.testing.assert_array_equal(value_args["y"], np.log(outcome[value_rows]))
+    info = fit_info(result)
+    assert (info["train_visitors"], info["train_converters"]) == (400, value_rows.size)
+
+    mu = conversion_model.mu_hat_train
+    tau = conversion_model.tau_hat_train.reshape(400, 12, 2)
+    expected = ndtr(np.concatenate([mu[..., None], mu[..., None] + tau], axis=-1))
+    conversion = result.dataset["conversion"].values
+    np.testing.assert_allclose(conversion[rows], expected, rtol=1e-6)
+    m = value_model.mu_hat_train
+    m_tau = value_model.tau_hat_train.reshape(value_rows.size, 12, 2)
+    half = value_model.global_var_samples[None, :, None] / 2
+    expected = np.exp(np.concatenate([m[..., None], m[..., None] + m_tau], axis=-1) + half)
+    np.testing.assert_allclose(result.dataset["value"].values[value_rows], expected, rtol=1e-5)
+    # Every other visitor is predicted too, from the same forests.
+    assert np.isfinite(conversion).all() and np.isfinite(result.dataset["value"].values).all()
+
+
+def test_sampled_fit_is_lazy_and_streams_chunk_by_chunk(monkeypatch, tmp_path):
+    import stochtree
+
+    calls = []
+    predict = stochtree.BCFModel.predict
+
+    def recording(self, X, Z, **kwargs):
+        calls.append(X.shape[0])
+        return predict(self, X, Z, **kwargs)
+
+    monkeypatch.setattr(stochtree.BCFModel, "predict", recording)
+    observed, _ = pt.simulate_experiment(1_000, family="binary", seed=6)
+    chunk_bytes = 250 * 12 * 3 * 4
+    # Per-task temporaries stay small: each predict call covers one block of a chunk.
+    with counting_scheduler(0), pt.set_options(numpy_block_bytes=100 * 12 * 3 * 8):
+        result = pt.fit_binary_bcf(
+            observed, max_train_visitors=300, chunk_bytes=chunk_bytes, seed=1, **TINY
+        )
+    assert calls == []  # nothing predicted yet
+    conversion = result.dataset["conversion"].data
+    assert conversion.chunks == ((250,) * 4, (12,), (3,))
+    block = conversion.blocks[1].compute()
+    assert calls == [100, 100, 50]
+    calls.clear()
+    path = result.to_zarr(tmp_path / "posterior.zarr")
+    assert sorted(calls) == [50] * 4 + [100] * 8  # each chunk predicted once, block by block
+    reopened = pt.open_posterior(path)
+    stored = reopened.dataset["conversion"].values
+    np.testing.assert_array_equal(stored[250:500], block)
+    np.testing.assert_array_equal(stored, result.dataset["conversion"].values)
+    assert fit_info(reopened)["train_visitors"] == 300
+    assert (stored >= 0).all() and (stored <= 1).all()
+
+
+def test_training_sample_is_stratified_and_reproducible():
+    observed, _ = pt.simulate_experiment(3_000, family="hurdle", seed=7)
+    converted = observed["outcome"].values > 0
+    codes = fit_module.arm_codes(observed, ["control", "A", "B"])
+    strata = codes * 2 + converted
+    rows = fit_module.stratified_sample(strata, 600, seed=1, floor=10)
+    assert rows.size == 600 and np.all(np.diff(rows) > 0)
+    counts = np.bincount(strata, minlength=6)
+    taken = np.bincount(strata[rows], minlength=6)
+    # Each stratum's share of the sample is its share of the data, to a visitor or so.
+    np.testing.assert_allclose(taken, 600 * counts / counts.sum(), atol=1.5)
+    np.testing.assert_array_equal(rows, fit_module.stratified_sample(strata, 600, seed=1, floor=10))
+    other = fit_module.stratified_sample(strata, 600, seed=2, floor=10)
+    assert not np.array_equal(rows, other)
+    np.testing.assert_array_equal(
+        fit_module.stratified_sample(strata, 3_000, seed=1, floor=10), np.arange(3_000)
+    )
+    # A small stratum keeps its floor (or all of its rows).
+    small = np.array([0] * 990 + [1] * 6 + [2] * 4)
+    kept = np.bincount(small[fit_module.stratified_sample(small, 50, seed=0, floor=5)])
+    assert kept.tolist() == [41, 5, 4]
+    with pytest.raises(ValueError, match=r"max_train_visitors=12 is too small.*>= 14"):
+        fit_module.stratified_sample(small, 12, seed=0, floor=5)
+
+
+def test_max_train_visitors_is_checked():
+    observed, _ = pt.simulate_experiment(400, family="hurdle", seed=1)
+    for bad in (2.5, "100", True):
+        with pytest.raises(TypeError, match="max_train_visitors must be an integer"):
+            pt.fit(observed, max_train_visitors=bad, **TINY)
+    for bad in (0, 19):
+        with pytest.raises(ValueError, match="max_train_visitors must be an integer >= 20"):
+            pt.fit_binary_bcf(binary_tables(), max_train_visitors=bad, **TINY)
+    # The hurdle keeps 10 visitors of each arm × converted-or-not stratum: 60 at least.
+    with pytest.raises(ValueError, match=r"max_train_visitors=50 is too small.*>= 60"):
+        pt.fit_hurdle_bcf(observed, max_train_visitors=50, **TINY)
+    result = pt.fit_hurdle_bcf(observed, max_train_visitors=60, **TINY)
+    assert fit_info(result)["train_visitors"] == 60
+    assert fit_info(result)["train_converters"] >= 30
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampled_fit_recovers_the_truth(family):
+    """Trained on half of 20,000 visitors, the posterior of all of them recovers the truth."""
+    observed, truth = pt.simulate_experiment(20_000, family=family, seed=1)
+    result = pt.fit(
+        observed, family=family, seed=1, progress=False, max_train_visitors=10_000, **RECOVERY
+    )
+    assert fit_info(result)["train_visitors"] == 10_000
+    estimate = result.contrast().mean("draw").values
+    true = truth["metric"].values - truth["metric"].values[:, :1]
+    correlations = [np.corrcoef(estimate[:, k], true[:, k])[0, 1] for k in (1, 2)]
+    print(f"\n{family}, trained on 10,000 of 20,000: correlations {np.round(correlations, 3)}")
+    assert min(correlations) > CORRELATION_FLOOR[family], correlations
+    allocation = pt.thompson_allocation(result, pt.planted_segments(), epsilon=0.0)
+    members = pt.membership(pt.planted_segments(), truth).values
+    true_means = (members @ truth["metric"].values) / members.sum(axis=1, keepdims=True)
+    decisive = 0
+    for segment, means in zip(pt.planted_segments(), true_means, strict=True):
+        weights = allocation[segment.id]
+        winner = max(weights, key=weights.get)
+        if weights[winner] >= DECISIVE:
+            decisive += 1
+            assert winner == result.variants[int(np.argmax(means))], (segment.rule, weights)
+    assert decisive >= 2, allocation

@@ -19,16 +19,27 @@ gives coherent per-draw comparisons against one shared control draw (see
 
 Randomization propensities are the observed arm shares unless given; they are never estimated
 by a model.
+
+With ``max_train_visitors=N`` the forests train on a sample of at most N visitors stratified by
+arm (and by conversion, for the binary and hurdle families) and are serialized (stochtree's
+``to_json``); the posterior of every visitor is a lazy dask array: one task per visitor chunk
+loads the forests (once per process) and predicts that chunk, so the posterior is never whole
+in memory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -57,7 +68,7 @@ from .results import (
     HurdleBCFResult,
     posterior_dataset,
 )
-from .setup_check import MIN_VISITORS_PER_ARM, check_setup
+from .setup_check import MIN_CONVERTERS, MIN_VISITORS_PER_ARM, check_setup
 
 __all__ = ["fit", "fit_binary_bcf", "fit_continuous_bcf", "fit_hurdle_bcf"]
 
@@ -68,7 +79,8 @@ PROGRESS_EVERY_S = 15.0
 MAX_TEXT_LEVELS = 256
 # family="auto": a non-negative outcome with at least this share of exact zeros is a hurdle.
 HURDLE_ZERO_SHARE = 0.10
-MIN_CONVERTERS = 10
+# The random stream of the training sample (the models use streams 1 and 2, see _stage_seed).
+SAMPLE_STREAM = 0
 # stochtree general parameters that pytyche sets itself (the posterior's shape depends on them),
 # with the argument to use instead.
 OWNED_GENERAL_PARAMS = {
@@ -98,7 +110,8 @@ def fit(observed: xr.Dataset, family: str = "auto", **options) -> BCFResult:
         The family, or "auto" to choose from the outcome.
     **options
         Passed to :func:`fit_binary_bcf`, :func:`fit_continuous_bcf` or
-        :func:`fit_hurdle_bcf`.
+        :func:`fit_hurdle_bcf`; for example ``max_train_visitors=50_000`` to train on a
+        stratified sample and predict every visitor's posterior lazily.
 
     Returns
     -------
@@ -163,6 +176,7 @@ def fit_binary_bcf(
     progress: bool = True,
     stochtree_options: Mapping | None = None,
     chunk_bytes: int | None = None,
+    max_train_visitors: int | None = None,
 ) -> BinaryBCFResult:
     """Fit a probit BCF to a 0/1 outcome: ``conversion[k] = Φ(μ(x) + τ_k(x))`` per draw.
 
@@ -199,18 +213,31 @@ def fit_binary_bcf(
     chunk_bytes : int, optional
         Target size of one dask chunk of each posterior variable (split along visitor);
         default: the ``chunk_bytes`` option (128 MiB, see :func:`pytyche.set_options`).
+    max_train_visitors : int, optional
+        Train the forests on at most this many visitors (at least 20): a sample stratified
+        by arm and outcome (each stratum's share as in the data, and at least 10 of its
+        visitors), drawn from ``seed``. The posterior of **every** visitor is then predicted
+        lazily from the serialized forests, one dask task per visitor chunk, so
+        ``result.to_zarr(path)`` streams it to disk without holding it whole. With no more
+        visitors than this, the forests train on all of them, and the prediction is still
+        lazy. Default None: train on every visitor and hold the posterior in memory.
 
     Returns
     -------
     BinaryBCFResult
         ``conversion`` float32 (visitor, [chain,] draw, arm), dask-chunked along visitor;
         the observed data attached as visitor coordinates.
+        The ``pytyche_fit`` attribute (JSON) records every option and ``train_visitors``,
+        the number of visitors the forests were trained on.
 
     Raises
     ------
+    TypeError
+        When a count (``n_draws``, ``max_train_visitors``, ...) is not an integer.
     ValueError
         When the outcome holds a value other than 0 and 1 (naming the arm), is constant, or
-        the observed data or options are invalid.
+        the observed data or options are invalid (``max_train_visitors`` below 20, with a
+        single draw, or below 10 visitors per arm and outcome).
     """
     setup = _Setup(observed, propensity, _options(locals()))
     outcome = setup.outcome
@@ -225,9 +252,20 @@ def fit_binary_bcf(
         raise ValueError(
             f"the outcome is {outcome[0]:g} for every visitor: a probit fit needs both 0s and 1s"
         )
-    mu, tau, _ = setup.sample("conversion model (probit BCF)", outcome, stage=1, probit=True)
-    conversion = _per_arm(mu, tau, ndtr)
-    return setup.result(BinaryBCFResult, {"conversion": conversion})
+    label = "conversion model (probit BCF)"
+    # Stratified by arm and outcome: every arm's conversion rate is the same in the sample.
+    strata = setup.codes * 2 + (outcome > 0)
+    rows = setup.training_rows(strata, floor=MIN_VISITORS_PER_ARM, name="arm × outcome")
+    conversion: np.ndarray | da.Array  # eager draws, or predicted lazily per visitor chunk
+    if rows is None:
+        mu, tau, _ = setup.sample(label, outcome, stage=1, probit=True)
+        conversion = _per_arm(mu, tau, ndtr)
+        trained = setup.codes.size
+    else:
+        forests = setup.forests(label, outcome[rows], rows, stage=1, probit=True)
+        conversion = setup.lazy_posterior(forests, ndtr)
+        trained = rows.size
+    return setup.result(BinaryBCFResult, {"conversion": conversion}, {"train_visitors": trained})
 
 
 def fit_continuous_bcf(
@@ -245,6 +283,7 @@ def fit_continuous_bcf(
     progress: bool = True,
     stochtree_options: Mapping | None = None,
     chunk_bytes: int | None = None,
+    max_train_visitors: int | None = None,
 ) -> ContinuousBCFResult:
     """Fit a Gaussian BCF to a continuous outcome: ``expected[k] = μ(x) + τ_k(x)`` per draw.
 
@@ -281,23 +320,45 @@ def fit_continuous_bcf(
     chunk_bytes : int, optional
         Target size of one dask chunk of each posterior variable (split along visitor);
         default: the ``chunk_bytes`` option (128 MiB, see :func:`pytyche.set_options`).
+    max_train_visitors : int, optional
+        Train the forests on at most this many visitors (at least 20): a sample stratified
+        by arm (each arm's share as in the data, and at least 10 of its visitors), drawn
+        from ``seed``. The posterior of **every** visitor is then predicted lazily from the
+        serialized forests, one dask task per visitor chunk, so ``result.to_zarr(path)``
+        streams it to disk without holding it whole. With no more visitors than this, the
+        forests train on all of them, and the prediction is still lazy. Default None: train
+        on every visitor and hold the posterior in memory.
 
     Returns
     -------
     ContinuousBCFResult
         ``expected`` float32 (visitor, [chain,] draw, arm), dask-chunked along visitor; the
         observed data attached as visitor coordinates.
+        The ``pytyche_fit`` attribute (JSON) records every option and ``train_visitors``,
+        the number of visitors the forests were trained on.
 
     Raises
     ------
+    TypeError
+        When a count (``n_draws``, ``max_train_visitors``, ...) is not an integer.
     ValueError
-        When the outcome is constant, or the observed data or options are invalid.
+        When the outcome is constant, or the observed data or options are invalid
+        (``max_train_visitors`` below 20, with a single draw, or below 10 visitors per arm).
     """
     setup = _Setup(observed, propensity, _options(locals()))
     if np.ptp(setup.outcome) == 0:
         raise ValueError(f"the outcome is {setup.outcome[0]:g} for every visitor: nothing to fit")
-    mu, tau, _ = setup.sample("outcome model (Gaussian BCF)", setup.outcome, stage=1)
-    return setup.result(ContinuousBCFResult, {"expected": _per_arm(mu, tau, None)})
+    label = "outcome model (Gaussian BCF)"
+    rows = setup.training_rows(setup.codes, floor=MIN_VISITORS_PER_ARM, name="arms")
+    if rows is None:
+        mu, tau, _ = setup.sample(label, setup.outcome, stage=1)
+        expected: np.ndarray | da.Array = _per_arm(mu, tau, None)
+        trained = setup.codes.size
+    else:
+        forests = setup.forests(label, setup.outcome[rows], rows, stage=1)
+        expected = setup.lazy_posterior(forests, None)
+        trained = rows.size
+    return setup.result(ContinuousBCFResult, {"expected": expected}, {"train_visitors": trained})
 
 
 def fit_hurdle_bcf(
@@ -315,6 +376,7 @@ def fit_hurdle_bcf(
     progress: bool = True,
     stochtree_options: Mapping | None = None,
     chunk_bytes: int | None = None,
+    max_train_visitors: int | None = None,
 ) -> HurdleBCFResult:
     """Fit a hurdle posterior to a non-negative outcome with many zeros (e.g. revenue).
 
@@ -357,18 +419,33 @@ def fit_hurdle_bcf(
     chunk_bytes : int, optional
         Target size of one dask chunk of each posterior variable (split along visitor);
         default: the ``chunk_bytes`` option (128 MiB, see :func:`pytyche.set_options`).
+    max_train_visitors : int, optional
+        Train on at most this many visitors (at least 20): a sample stratified by arm and
+        by conversion (outcome > 0), each (arm, converted or not) stratum's share as in
+        the data and at least 10 of its visitors, drawn from ``seed``. The conversion model
+        trains on the sample, the value model on its converters. The posterior of **every**
+        visitor is then predicted lazily from the serialized forests, one dask task per
+        visitor chunk, so ``result.to_zarr(path)`` streams it to disk without holding it
+        whole. With no more visitors than this, the forests train on all of them, and the
+        prediction is still lazy. Default None: train on every visitor and hold the
+        posterior in memory.
 
     Returns
     -------
     HurdleBCFResult
         ``conversion`` and ``value``, float32 (visitor, [chain,] draw, arm), dask-chunked
-        along visitor; the observed data attached as visitor coordinates.
+        along visitor; the observed data attached as visitor coordinates. The
+        ``pytyche_fit`` attribute (JSON) records every option, ``train_visitors`` (the
+        conversion model's training visitors) and ``train_converters`` (the value model's).
 
     Raises
     ------
+    TypeError
+        When a count (``n_draws``, ``max_train_visitors``, ...) is not an integer.
     ValueError
         When an arm has a negative outcome or fewer than 10 converters (naming the arm), or
-        the observed data or options are invalid.
+        the observed data or options are invalid (``max_train_visitors`` below 20, with a
+        single draw, or below 10 visitors per stratum).
     """
     setup = _Setup(observed, propensity, _options(locals()))
     outcome = setup.outcome
@@ -389,20 +466,37 @@ def fit_hurdle_bcf(
             "every visitor has a positive outcome: there is no hurdle to model; use "
             "fit_continuous_bcf"
         )
-    mu, tau, _ = setup.sample(
-        "conversion model (probit BCF)", converted.astype(np.float64), stage=1, probit=True
+    conversion_label = "conversion model (probit BCF)"
+    value_label = "value model (Gaussian BCF on log outcome of converters)"
+    # Stratified by arm and by conversion, so every arm's conversion rate (and so the value
+    # model's share of each arm's converters) is the same in the sample as in the data.
+    rows = setup.training_rows(
+        setup.codes * 2 + converted, floor=MIN_CONVERTERS, name="arm × converted or not"
     )
-    conversion = _per_arm(mu, tau, ndtr)
-    del mu, tau
-    m, m_tau, sigma2 = setup.sample(
-        "value model (Gaussian BCF on log outcome of converters)",
-        np.log(outcome[converted]),
-        stage=2,
-        subset=converted,
-    )
-    half_variance = (sigma2 / 2.0).reshape((1, *sigma2.shape, 1))
-    value = _per_arm(m, m_tau, np.exp, shift=half_variance)
-    return setup.result(HurdleBCFResult, {"conversion": conversion, "value": value})
+    conversion: np.ndarray | da.Array  # eager draws, or predicted lazily per visitor chunk
+    value: np.ndarray | da.Array
+    if rows is None:
+        mu, tau, _ = setup.sample(
+            conversion_label, converted.astype(np.float64), stage=1, probit=True
+        )
+        conversion = _per_arm(mu, tau, ndtr)
+        del mu, tau
+        m, m_tau, sigma2 = setup.sample(
+            value_label, np.log(outcome[converted]), stage=2, subset=converted
+        )
+        half_variance = (sigma2 / 2.0).reshape((1, *sigma2.shape, 1))
+        value = _per_arm(m, m_tau, np.exp, shift=half_variance)
+        trained = {"train_visitors": outcome.size, "train_converters": int(converted.sum())}
+    else:
+        forests = setup.forests(
+            conversion_label, converted[rows].astype(np.float64), rows, stage=1, probit=True
+        )
+        conversion = setup.lazy_posterior(forests, ndtr)
+        value_rows = rows[converted[rows]]
+        forests = setup.forests(value_label, np.log(outcome[value_rows]), value_rows, stage=2)
+        value = setup.lazy_posterior(forests, np.exp, half_variance=True)
+        trained = {"train_visitors": rows.size, "train_converters": value_rows.size}
+    return setup.result(HurdleBCFResult, {"conversion": conversion, "value": value}, trained)
 
 
 # --------------------------------------------------------------------------- implementation
@@ -419,6 +513,7 @@ _OPTION_NAMES = (
     "progress",
     "stochtree_options",
     "chunk_bytes",
+    "max_train_visitors",
 )
 
 
@@ -431,6 +526,17 @@ def _options(arguments: dict) -> dict:
     for name in ("n_warmstart", "n_burnin", "seed"):
         options[name] = check_count(name, options[name], minimum=0)
     options["num_threads"] = check_count("num_threads", options["num_threads"], minimum=-1)
+    if options["max_train_visitors"] is not None:
+        # The fewest visitors any fit can train on: two arms of MIN_VISITORS_PER_ARM.
+        options["max_train_visitors"] = check_count(
+            "max_train_visitors", options["max_train_visitors"], minimum=2 * MIN_VISITORS_PER_ARM
+        )
+        if options["n_chains"] * options["n_draws"] < 2:
+            # stochtree's to_json squeezes a one-draw parameter vector to a scalar and fails.
+            raise ValueError(
+                "max_train_visitors predicts from serialized forests, which stochtree cannot "
+                "write for a single draw: pass n_draws >= 2 (or n_chains >= 2)"
+            )
     if options["num_threads"] == 0:
         raise ValueError(
             f"num_threads must be -1 (all cores) or >= 1, got {options['num_threads']}"
@@ -497,12 +603,16 @@ class _Setup:
         for k, arm in enumerate(self.arms):
             yield arm, values[self.codes == k]
 
-    def sample(self, label: str, y: np.ndarray, *, stage: int, probit: bool = False, subset=None):
-        """Run one multivariate BCF.
+    def training_rows(self, strata: np.ndarray, *, floor: int, name: str) -> np.ndarray | None:
+        """The visitor rows the forests train on; None: every visitor, predicted eagerly."""
+        size = self.options["max_train_visitors"]
+        if size is None:
+            return None
+        seed = self.options["seed"]
+        return stratified_sample(strata, size, seed=seed, floor=floor, strata_name=name)
 
-        Returns μ (visitor, sample), τ (visitor, sample, K-1) and σ² (sample,) for every
-        visitor (the fit may use a subset of them).
-        """
+    def _model(self, label, y, *, stage, probit, rows=None, test=None):
+        """A sampled stochtree BCFModel, trained on ``rows`` (a mask or indices; None: all)."""
         from stochtree import BCFModel, OutcomeModel
 
         o = self.options
@@ -525,14 +635,13 @@ class _Setup:
             extra.get("treatment_effect_forest_params", {})
         )
         X, Z, p = self.X, self.Z, self.propensity[:, 1:]
-        test = {}
-        if subset is not None:
-            test = {"X_test": X, "Z_test": Z, "propensity_test": p}
-            X, Z, p = X[subset], Z[subset], p[subset]
+        if rows is not None:
+            X, Z, p = X[rows], Z[rows], p[rows]
         model = BCFModel()
         n_rows = y.size
+        sampled = "" if rows is None else f" (of {self.codes.size:,})"
         description = (
-            f"{label}: {n_rows:,} visitors, {len(self.arms)} arms, {n_chains} chain(s) × "
+            f"{label}: {n_rows:,} visitors{sampled}, {len(self.arms)} arms, {n_chains} chain(s) × "
             f"({max(o['n_warmstart'], n_chains)} warm-start + {o['n_burnin']} burn-in + "
             f"{o['n_draws']} kept) iterations"
         )
@@ -548,8 +657,20 @@ class _Setup:
                 general_params=general,
                 prognostic_forest_params=mu_params,
                 treatment_effect_forest_params=tau_params,
-                **test,
+                **(test or {}),
             )
+        return model
+
+    def sample(self, label: str, y: np.ndarray, *, stage: int, probit: bool = False, subset=None):
+        """Run one multivariate BCF.
+
+        Returns μ (visitor, sample), τ (visitor, sample, K-1) and σ² (sample,) for every
+        visitor (the fit may use a subset of them).
+        """
+        test = None
+        if subset is not None:
+            test = {"X_test": self.X, "Z_test": self.Z, "propensity_test": self.propensity[:, 1:]}
+        model = self._model(label, y, stage=stage, probit=probit, rows=subset, test=test)
         if subset is None:
             mu, tau = model.mu_hat_train, model.tau_hat_train
         else:
@@ -557,36 +678,71 @@ class _Setup:
         n = self.codes.size
         mu = np.asarray(mu, dtype=np.float64).reshape(n, -1)
         tau = np.asarray(tau, dtype=np.float64).reshape(n, mu.shape[1], len(self.arms) - 1)
-        if probit:
-            sigma2 = np.ones(mu.shape[1])
-        else:
-            sigma2 = np.asarray(model.global_var_samples, dtype=np.float64).reshape(-1)
-        if sigma2.size != mu.shape[1]:
-            raise RuntimeError(
-                f"stochtree returned {mu.shape[1]} μ draws but {sigma2.size} variance draws"
+        return mu, tau, _variance_draws(model, probit, mu.shape[1])
+
+    def forests(
+        self, label: str, y: np.ndarray, rows: np.ndarray, *, stage: int, probit: bool = False
+    ) -> Forests:
+        """Train one multivariate BCF on ``rows`` and keep its serialized forests."""
+        model = self._model(label, y, stage=stage, probit=probit, rows=rows)
+        n_samples = self.options["n_chains"] * self.options["n_draws"]
+        sigma2 = _variance_draws(model, probit, n_samples)
+        text = model.to_json()
+        del model
+        release_freed_memory()
+        token = hashlib.sha256(text.encode()).hexdigest()
+        return Forests(text, token, sigma2)
+
+    def lazy_posterior(self, forests: Forests, link, *, half_variance: bool = False) -> da.Array:
+        """(visitor, [chain,] draw, arm) float32 dask array: link(μ + τ_k [+ σ²/2]) per draw.
+
+        One task per visitor chunk predicts that chunk from the serialized forests (shared by
+        every task as one graph key), so the posterior is never whole in memory.
+        """
+        _, shape = self.layout()
+        n, k = shape[0], shape[-1]
+        n_samples = self.options["n_chains"] * self.options["n_draws"]
+        chunk = visitor_chunk(shape, np.dtype(np.float32).itemsize, self.options["chunk_bytes"])
+        # Rows per stochtree predict call: float64 temporaries of about numpy_block_bytes.
+        block = max(1, get_options()["numpy_block_bytes"] // (8 * n_samples * k))
+        shift = None
+        if half_variance:
+            shift = (forests.sigma2 / 2.0).reshape((1, n_samples, 1))
+        model = dask.delayed(forests.json, name=f"pytyche-forests-{forests.token}")
+        p = self.propensity[:, 1:]
+        meta = np.empty((0,) * len(shape), dtype=np.float32)
+        pieces = []
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            task = dask.delayed(predict_chunk, pure=True)(
+                model, forests.token, self.X[lo:hi], p[lo:hi], link, shift, block, shape[1:]
             )
-        return mu, tau, sigma2
+            pieces.append(da.from_delayed(task, (hi - lo, *shape[1:]), dtype=np.float32, meta=meta))
+        return da.concatenate(pieces, axis=0)
 
     @property
     def propensity_is_constant(self) -> bool:
         return bool((self.propensity == self.propensity[:1]).all())
 
-    def result(self, cls, variables: dict[str, np.ndarray]):
+    def layout(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The dims and shape of each posterior variable."""
         o = self.options
         n_chains, n_draws = o["n_chains"], o["n_draws"]
         n, k = self.codes.size, len(self.arms)
         if n_chains > 1:
-            dims = (VISITOR, CHAIN, DRAW, ARM)
-            shape = (n, n_chains, n_draws, k)
-        else:
-            dims = (VISITOR, DRAW, ARM)
-            shape = (n, n_draws, k)
+            return (VISITOR, CHAIN, DRAW, ARM), (n, n_chains, n_draws, k)
+        return (VISITOR, DRAW, ARM), (n, n_draws, k)
+
+    def result(self, cls, variables: dict, trained: dict[str, int]):
+        o = self.options
+        dims, shape = self.layout()
         chunk = visitor_chunk(shape, np.dtype(np.float32).itemsize, o["chunk_bytes"])
         data_vars = {}
         for name, values in variables.items():
-            # stochtree stores chains one after another along its sample axis.
-            values = values.reshape(shape)
-            data_vars[name] = (dims, da.from_array(values, chunks=(chunk, *shape[1:])))
+            if not isinstance(values, da.Array):
+                # stochtree stores chains one after another along its sample axis.
+                values = da.from_array(values.reshape(shape), chunks=(chunk, *shape[1:]))
+            data_vars[name] = (dims, values)
         fit_info = {
             "backend": "stochtree",
             "backend_version": _stochtree_version(),
@@ -594,12 +750,217 @@ class _Setup:
             "propensity": "given" if self.propensity_given else "observed arm shares",
             "covariates": self.covariates,
             **{name: o[name] for name in _OPTION_NAMES if name not in ("progress",)},
+            **trained,
+            "prediction": "eager" if o["max_train_visitors"] is None else "lazy",
         }
         fit_info["stochtree_options"] = repr(fit_info["stochtree_options"])
         ds = posterior_dataset(
             cls.family, self.arms, data_vars, attrs={"pytyche_fit": json.dumps(fit_info)}
         )
         return cls(attach_observed(ds, self.observed))
+
+
+@dataclass(frozen=True)
+class Forests:
+    """A trained BCF, serialized: what every prediction task needs.
+
+    Attributes
+    ----------
+    json : str
+        stochtree's ``BCFModel.to_json()``.
+    token : str
+        SHA-256 of ``json``: the key under which a process keeps the loaded model.
+    sigma2 : numpy.ndarray
+        (sample,) float64 residual variance per draw (1 for a probit model).
+    """
+
+    json: str
+    token: str
+    sigma2: np.ndarray
+
+
+def _variance_draws(model, probit: bool, n_samples: int) -> np.ndarray:
+    """(sample,) σ² per draw of a sampled model: 1 under a probit link."""
+    if probit:
+        return np.ones(n_samples)
+    sigma2 = np.asarray(model.global_var_samples, dtype=np.float64).reshape(-1)
+    if sigma2.size != n_samples:
+        raise RuntimeError(f"stochtree returned {n_samples} draws but {sigma2.size} variance draws")
+    return sigma2
+
+
+def stratified_sample(
+    strata: np.ndarray, size: int, *, seed: int, floor: int, strata_name: str = "strata"
+) -> np.ndarray:
+    """Sorted rows of a sample of ``size`` rows, stratified by ``strata``, from ``seed``.
+
+    Each stratum gets its share of ``size`` in proportion to its rows (largest remainders),
+    raised to ``min(its rows, floor)`` where that share is smaller; the rows are drawn
+    without replacement within each stratum.
+
+    Parameters
+    ----------
+    strata : numpy.ndarray
+        (row,) integer stratum label of each row.
+    size : int
+        Rows wanted; with ``size >= len(strata)`` every row is returned.
+    seed : int
+        Random seed: the same seed and strata give the same rows.
+    floor : int
+        Rows every stratum keeps at least (all of its rows, if it has fewer).
+    strata_name : str, default "strata"
+        What the strata are, for the error message.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 row indices, sorted.
+
+    Raises
+    ------
+    ValueError
+        When the floors alone need more than ``size`` rows.
+    """
+    n = strata.size
+    if size >= n:
+        return np.arange(n)
+    _, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    floors = np.minimum(counts, floor)
+    if floors.sum() > size:
+        raise ValueError(
+            f"max_train_visitors={size} is too small for this data: the training sample keeps "
+            f"at least {floor} visitors (all, if fewer) of each of its {counts.size} strata "
+            f"({strata_name}), {int(floors.sum())} in all; pass max_train_visitors >= "
+            f"{int(floors.sum())}"
+        )
+    take = _allocate(counts, floors, size)
+    rng = np.random.default_rng([seed, SAMPLE_STREAM])
+    rows = [
+        rng.choice(np.flatnonzero(inverse == j), size=int(t), replace=False)
+        for j, t in enumerate(take)
+    ]
+    return np.sort(np.concatenate(rows))
+
+
+def _allocate(counts: np.ndarray, floors: np.ndarray, size: int) -> np.ndarray:
+    """Rows per stratum: proportional to ``counts``, at least ``floors``, ``size`` in all."""
+    fixed = np.zeros(counts.size, dtype=bool)
+    while True:
+        # Strata whose proportional share is below their floor get the floor; share the rest.
+        rest = size - int(floors[fixed].sum())
+        quota = np.where(fixed, 0.0, rest * counts / counts[~fixed].sum())
+        below = ~fixed & (quota < floors)
+        if not below.any():
+            break
+        fixed |= below
+    take = np.where(fixed, floors, np.minimum(np.floor(quota), counts)).astype(np.int64)
+    short = size - int(take.sum())
+    order = np.argsort(-np.where(fixed, -1.0, quota - np.floor(quota)), kind="stable")
+    for j in order:  # one more row each, largest remainders first
+        if short and take[j] < counts[j]:
+            take[j] += 1
+            short -= 1
+    for j in order:  # only where a share was cut to its stratum's rows
+        extra = min(int(counts[j] - take[j]), short)
+        take[j] += extra
+        short -= extra
+    return take
+
+
+def predict_chunk(
+    model_json: str,
+    token: str,
+    X: np.ndarray,
+    propensity: np.ndarray,
+    link,
+    shift: np.ndarray | None,
+    block: int,
+    sample_shape: tuple[int, ...],
+) -> np.ndarray:
+    """One visitor chunk of a lazily predicted posterior variable (a dask task).
+
+    Parameters
+    ----------
+    model_json : str
+        The serialized forests (``BCFModel.to_json()``).
+    token : str
+        The forests' key in this process's cache of loaded models.
+    X : numpy.ndarray
+        (visitor, column) the chunk's rows of the design matrix.
+    propensity : numpy.ndarray
+        (visitor, arm - 1) the chunk's treatment propensities.
+    link : callable or None
+        Applied to μ + τ_k (+ ``shift``): ``ndtr``, ``np.exp`` or None (identity).
+    shift : numpy.ndarray or None
+        (1, sample, 1) added to the linear predictor before ``link``.
+    block : int
+        Visitors per stochtree predict call.
+    sample_shape : tuple of int
+        ``([chain,] draw, arm)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (visitor, [chain,] draw, arm) float32.
+    """
+    model = _loaded_model(token, model_json)
+    n, n_treat = X.shape[0], propensity.shape[1]
+    n_samples = int(np.prod(sample_shape[:-1]))
+    out = np.empty((n, n_samples, n_treat + 1), dtype=np.float32)
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        # μ and τ do not depend on the treatment indicators: any Z of the right width will do.
+        predicted = model.predict(
+            X[lo:hi],
+            np.zeros((hi - lo, n_treat)),
+            propensity=propensity[lo:hi],
+            terms=["mu", "tau"],
+        )
+        mu = np.asarray(predicted["mu_hat"], dtype=np.float64).reshape(hi - lo, n_samples)
+        tau = np.asarray(predicted["tau_hat"], dtype=np.float64).reshape(
+            hi - lo, n_samples, n_treat
+        )
+        out[lo:hi] = _per_arm(mu, tau, link, shift)
+    return out.reshape(n, *sample_shape)
+
+
+# Loaded models by token, most recently used last: deserializing is slow, so each process
+# keeps the last few it used (a hurdle fit predicts from two).
+_MODELS: OrderedDict[str, object] = OrderedDict()
+_MODELS_LOCK = threading.Lock()
+MODELS_KEPT = 4
+
+
+def release_freed_memory() -> None:
+    """Hand memory that C and C++ code freed back to the operating system, where glibc can.
+
+    Training and ``from_json`` free many small allocations (the parsed JSON of every tree:
+    about 0.25 GB for 100 draws of the default forests, measured), which glibc keeps for
+    reuse; the prediction's large arrays cannot reuse them, so without this they add to the
+    process's peak memory. A no-op where ``malloc_trim`` is not available.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
+
+
+def _loaded_model(token: str, model_json: str):
+    from stochtree import BCFModel
+
+    with _MODELS_LOCK:
+        model = _MODELS.get(token)
+        if model is None:
+            model = BCFModel()
+            model.from_json(model_json)
+            release_freed_memory()
+            _MODELS[token] = model
+            while len(_MODELS) > MODELS_KEPT:
+                _MODELS.popitem(last=False)
+        else:
+            _MODELS.move_to_end(token)
+        return model
 
 
 def _per_arm(mu, tau, link, shift=None) -> np.ndarray:
