@@ -99,7 +99,9 @@ def test_open_accepts_another_axis_order(tmp_path):
     draw_major = draw_major.assign_coords(arm=draw_major["arm"].values.astype(object))
     draw_major = draw_major.drop_vars(["variant", "device"])
     draw_major.to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
-    opened = pt.open_posterior(tmp_path / "other.zarr")
+    with pytest.warns(da.PerformanceWarning, match="not visitor-major") as caught:
+        opened = pt.open_posterior(tmp_path / "other.zarr")
+    assert len(caught) == 1
     assert opened.dataset["conversion"].dims == ("visitor", "draw", "arm")
     np.testing.assert_array_equal(opened.dataset["conversion"].values, ds["conversion"].values)
 

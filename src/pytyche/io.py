@@ -218,23 +218,36 @@ def open_posterior(path, chunks="auto") -> BCFResult:
     Nothing but metadata and the index coordinates (``arm``, and ``visitor`` when it has
     labels) is read; a Zarr store's chunk listing is checked so that a missing chunk of any
     variable or coordinate is an error here. The big variables come back as dask arrays in the
-    visitor-major layout (visitor, [chain,] draw, arm); a store in another axis order is
-    transposed lazily. A chunk that cannot be read (truncated, or failing its checksum)
-    raises :class:`PosteriorReadError` naming the variable, the visitors and the path when
-    it is computed.
+    visitor-major layout (visitor, [chain,] draw, arm), in chunks that split ``visitor``
+    only. A store in another axis order, or chunked along ``draw``, ``chain`` or ``arm``, is
+    converted lazily, block by block as it is read, with one warning that says what that
+    costs on every pass and how to avoid it. A chunk that cannot be read (truncated, or
+    failing its checksum) raises :class:`PosteriorReadError` naming the variable, the
+    visitors and the path when it is computed.
 
     Parameters
     ----------
     path : str or os.PathLike
         A Zarr store directory or a netCDF file.
     chunks : "auto" or int, default "auto"
-        ``"auto"``: visitors per chunk such that a chunk is about 128 MB (rounded down to a
-        whole number of the store's own visitor chunks, at least one); an int: visitors per
-        chunk. ``draw``, ``chain`` and ``arm`` are never split.
+        ``"auto"``: visitors per chunk such that a chunk is about 128 MB (the ``chunk_bytes``
+        option; rounded down to a whole number of the store's own visitor chunks, at least
+        one, unless the store splits ``draw``, ``chain`` or ``arm`` and its visitor chunks
+        are larger than that); an int: visitors per chunk. ``draw``, ``chain`` and ``arm``
+        are never split.
 
     Returns
     -------
     BinaryBCFResult or ContinuousBCFResult or HurdleBCFResult
+
+    Warns
+    -----
+    dask.array.PerformanceWarning
+        Once per call, when a posterior variable is stored in another axis order than
+        visitor-major or in chunks that split ``draw``, ``chain`` or ``arm``. The message
+        names the variables and their stored chunks, says how many times every pass reads
+        each stored chunk, and gives the fix: rewrite the store once with
+        :func:`to_zarr`, which writes visitor-major.
 
     Raises
     ------
@@ -745,6 +758,7 @@ def _lazy(raw: xr.Dataset, names, target: Path, chunks, identity) -> xr.Dataset:
     as it does for any reader's Dataset.
     """
     data_vars = {}
+    conversions = []
     for name in names:
         var = raw[name].variable
         if VISITOR not in var.dims:
@@ -754,10 +768,21 @@ def _lazy(raw: xr.Dataset, names, target: Path, chunks, identity) -> xr.Dataset:
             )
         stored = var.encoding.get("chunks") or var.encoding.get("chunksizes")
         stored_rows = None if stored is None else int(stored[var.dims.index(VISITOR)])
+        stored_dims = var.dims
+        split = [
+            dim
+            for dim, size, chunk in zip(var.dims, var.shape, stored or var.shape, strict=True)
+            if dim != VISITOR and int(chunk) < size
+        ]
         # Contract order; any other dim goes last (and fails validation).
         var = var.transpose(VISITOR, *(d for d in (CHAIN, DRAW, ARM) if d in var.dims), ...)
-        rows = _rows(chunks, var, stored_rows)
+        rows = _rows(chunks, var, stored_rows, whole_stored_chunks=not split)
+        if split or var.dims != stored_dims:
+            reads = _reads_per_stored_chunk(var.shape[0], stored_rows, rows)
+            conversions.append((name, stored_dims, stored, split, rows, reads))
         data_vars[name] = (var.dims, _guarded(var, name, target, rows, identity), var.attrs)
+    if conversions:
+        warnings.warn(_conversion_message(target, conversions), da.PerformanceWarning, 3)
     coords = {}
     # A data variable along visitor alone is a coordinate too: a store keeps a name with a
     # space as a data variable (it cannot be listed in the 'coordinates' attribute).
@@ -788,11 +813,19 @@ def _as_object(block: np.ndarray) -> np.ndarray:
     return np.asarray(block).astype(object)
 
 
-def _rows(chunks, var: xr.Variable, stored_rows: int | None) -> int:
-    """Visitors per dask chunk when opening ``var`` (visitor first)."""
+def _rows(
+    chunks, var: xr.Variable, stored_rows: int | None, whole_stored_chunks: bool = True
+) -> int:
+    """Visitors per dask chunk when opening ``var`` (visitor first).
+
+    A stored chunk that holds every draw and arm of its visitors is never split between dask
+    chunks. One that holds only some draws or arms (a draw-split store) is, when it spans more
+    visitors than a chunk of the target size: else a dask chunk would be all its visitors'
+    draws, up to the whole posterior.
+    """
     if chunks == "auto":
         rows = visitor_chunk(var.shape, var.dtype.itemsize)
-        if stored_rows:
+        if stored_rows and (whole_stored_chunks or stored_rows <= rows):
             # Whole stored chunks per dask chunk: no stored chunk is read twice.
             rows = max(stored_rows, (rows // stored_rows) * stored_rows)
     elif isinstance(chunks, int | np.integer) and not isinstance(chunks, bool) and chunks > 0:
@@ -800,6 +833,54 @@ def _rows(chunks, var: xr.Variable, stored_rows: int | None) -> int:
     else:
         raise ValueError(f"chunks must be 'auto' or a positive int, got {chunks!r}")
     return max(1, min(rows, var.shape[0]))
+
+
+def _reads_per_stored_chunk(n_visitors: int, stored_rows: int | None, rows: int) -> int:
+    """How many dask chunks of ``rows`` visitors overlap the most-shared stored chunk."""
+    if not stored_rows:
+        return 1
+    starts = np.arange(0, n_visitors, stored_rows)
+    stops = np.minimum(starts + stored_rows, n_visitors)
+    return int(((stops - 1) // rows - starts // rows + 1).max())
+
+
+def _conversion_message(target: Path, conversions) -> str:
+    """The warning for a store that is not visitor-major: what it costs, how to avoid it."""
+    layouts = []
+    for name, dims, stored, split, _, _ in conversions:
+        layout = f"{name!r} is stored with dims {dims}"
+        if stored is not None:
+            layout += f" in chunks of {tuple(int(c) for c in stored)}"
+        if split:
+            layout += f" that split {' and '.join(repr(d) for d in split)}"
+        layouts.append(layout)
+    rows = min(c[4] for c in conversions)
+    reads = max(c[5] for c in conversions)
+    if reads > 1:
+        cost = (
+            f"every pass over it reads each stored chunk {reads} times, once per visitor "
+            f"chunk that overlaps it ({reads}× the reading and decompressing of a "
+            "visitor-major store), holds whole stored chunks in memory while it reads, and "
+            "copies every block into visitor-major order"
+        )
+    elif any(c[3] for c in conversions):
+        cost = (
+            "every pass over it assembles each visitor chunk from several stored chunks and "
+            "copies it into visitor-major order (one extra copy of the posterior per pass)"
+        )
+    else:
+        cost = (
+            "every pass over it copies each block into visitor-major order (a transpose: one "
+            "extra copy of the posterior per pass)"
+        )
+    copy = target.with_name(f"{target.stem}-visitor-major.zarr")
+    return (
+        f"{target}: {'; '.join(layouts)}: not visitor-major (visitor, [chain,] draw, arm) in "
+        f"chunks that split 'visitor' only. open_posterior converts it lazily into "
+        f"visitor-major chunks of {rows:,} visitors, and {cost}. The fix: rewrite it once "
+        f"(which pays this cost once) and open the copy, e.g. "
+        f"pt.to_zarr(pt.open_posterior({str(target)!r}), {str(copy)!r})"
+    )
 
 
 def _guarded(var: xr.Variable, name: Hashable, target: Path, rows: int, identity) -> da.Array:
@@ -833,7 +914,8 @@ class _GuardedReader:
 
     def __getitem__(self, key):
         try:
-            block = np.asarray(self.variable[key].values)
+            # Contiguous in visitor-major order: a store in another order is copied here.
+            block = np.ascontiguousarray(self.variable[key].values)
         except Exception as error:
             rows = key[0] if isinstance(key, tuple) else key
             where = f"visitors {rows.start}-{rows.stop}" if isinstance(rows, slice) else "data"
