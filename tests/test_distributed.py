@@ -65,7 +65,9 @@ def test_a_worker_killed_mid_computation_does_not_change_the_result(client):
     outcome = {}
 
     def allocate():
-        with dask.config.set(scheduler=client):
+        # The client by name, not the Client object in the global dask config: a nanny pickles
+        # that config to restart the killed worker, and distributed 2025.7 cannot pickle a Client.
+        with client.as_current(), dask.config.set(scheduler="dask.distributed"):
             outcome["allocation"] = pt.thompson_allocation(lazy_posterior(delay=0.05), SEGMENTS)
 
     runner = threading.Thread(target=allocate)
@@ -83,3 +85,5 @@ def test_a_worker_killed_mid_computation_does_not_change_the_result(client):
     assert not runner.is_alive()
     assert victim not in client.scheduler_info()["workers"]
     assert outcome["allocation"] == expected
+    # The nanny restarts the killed worker: the cluster heals, and is whole again before it closes.
+    client.wait_for_workers(2, timeout=60)

@@ -121,7 +121,9 @@ def test_string_dtype_from_open_zarr_round_trips(tmp_path):
     ds = random_dataset("hurdle", n_visitors=50, dtype=np.float32)
     path = pt.to_zarr(pt.posterior(ds), tmp_path / "s.zarr")
     opened = xr.open_zarr(path)
-    assert opened["device"].dtype.kind == "T"  # what zarr 3 gives back
+    # Recent zarr/xarray give StringDType ("T"); the lowest supported versions give object ("O").
+    # Both must be text; StringDType itself is exercised by the tests above.
+    assert opened["device"].dtype.kind in ("T", "O")
     assert opened.tyche.thompson_allocation(SEGMENTS[:2]) == ds.tyche.thompson_allocation(
         SEGMENTS[:2]
     )
