@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,31 @@ import pytyche as pt
 from helpers import random_dataset
 
 cli = importlib.import_module("pytyche.cli")
+# A patch takes effect in the module whose functions look the name up: the commands on a
+# posterior (and their work: fit, simulate_experiment, ...) live in pytyche.cli.posterior, what
+# every command shares (CONNECT_TIMEOUT_S, scheduler) in pytyche.cli.common.
+posterior = importlib.import_module("pytyche.cli.posterior")
+common = importlib.import_module("pytyche.cli.common")
+
+
+def forbid(monkeypatch, names, message):
+    """Make each work function of ``names`` raise AssertionError(message) when called."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(message)
+
+    for name in names:
+        monkeypatch.setattr(posterior, name, forbidden)
 
 
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail if the demo starts any work (simulating, fitting)."""
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the demo started working before checking its arguments")
-
-    monkeypatch.setattr(cli, "simulate_experiment", forbidden)
-    monkeypatch.setattr(cli, "fit", forbidden)
+    forbid(
+        monkeypatch,
+        ("simulate_experiment", "fit"),
+        "the demo started working before checking its arguments",
+    )
 
 
 def run(argv, capsys):
@@ -102,7 +117,7 @@ def test_a_failure_during_the_work_is_one_line_exit_1(capsys, monkeypatch, tmp_p
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli, "simulate_experiment", full_disk)
+    monkeypatch.setattr(posterior, "simulate_experiment", full_disk)
     code, err = run(["demo", "--store", str(tmp_path / "s.zarr")], capsys)
     assert code == 1 and err.count("\n") == 1
     assert "No space left on device" in err
@@ -305,13 +320,71 @@ def test_demo_out_writes_the_posterior_segments_allocation_and_figure(tmp_path, 
 # -- bad input: exit 2, one line on stderr, no work done ------------------------------------
 
 
+WORK = ("segment_summary", "fit", "fit_policy_tree", "to_zarr", "example_posterior")
+
+
 @pytest.fixture
 def forbid_work(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("work started before the input was checked")
+    forbid(monkeypatch, WORK, "work started before the input was checked")
 
-    for name in ("segment_summary", "fit", "fit_policy_tree", "to_zarr", "example_posterior"):
-        monkeypatch.setattr(cli, name, forbidden)
+
+def simulate_argv(tmp_path):
+    return [*"simulate --visitors 10 --draws 2 --arms 2 --out".split(), str(tmp_path / "s.zarr")]
+
+
+@pytest.mark.parametrize(
+    ("name", "make_argv"),
+    [
+        ("simulate_experiment", lambda s, t, seg, tab: ["demo", "--visitors", "300"]),
+        (
+            "fit",
+            lambda s, t, seg, tab: [
+                "fit",
+                tab,
+                "--outcome",
+                "outcome",
+                "--arm-column",
+                "variant",
+                "--out",
+                str(t / "p.zarr"),
+            ],
+        ),
+        ("segment_summary", lambda s, t, seg, tab: ["allocate", str(s), "--segments", seg]),
+        (
+            "fit_policy_tree",
+            lambda s, t, seg, tab: ["tree", str(s), "--out", str(t / "tree.json")],
+        ),
+        ("example_posterior", lambda s, t, seg, tab: simulate_argv(t)),
+        ("to_zarr", lambda s, t, seg, tab: simulate_argv(t)),
+    ],
+)
+def test_the_forbidden_work_is_what_the_commands_call(
+    name, make_argv, store, segments_file, table, tmp_path, monkeypatch
+):
+    # no_work and forbid_work patch these names: each patch must reach the command's call, or
+    # the bad-input tests would pass without proving that no work started.
+    assert name in {"simulate_experiment", *WORK}
+    forbid(monkeypatch, [name], f"{name} was called")
+    argv = make_argv(store, tmp_path, str(segments_file), str(table[0]))
+    with pytest.raises(AssertionError, match=f"{name} was called"):
+        cli.main(argv)
+
+
+def test_the_connect_timeout_is_read_where_it_is_patched(monkeypatch):
+    seen = {}
+
+    class Client:
+        def __init__(self, address, timeout, set_as_default):
+            seen["timeout"] = timeout
+
+        def close(self):
+            seen["closed"] = True
+
+    monkeypatch.setitem(sys.modules, "distributed", types.SimpleNamespace(Client=Client))
+    monkeypatch.setattr(common, "CONNECT_TIMEOUT_S", 1)
+    with common.scheduler("tcp://127.0.0.1:1") as client:
+        assert isinstance(client, Client)
+    assert seen == {"timeout": 1, "closed": True}
 
 
 def bad_segments(tmp_path, content) -> str:
@@ -494,7 +567,7 @@ def bad_segments(tmp_path, content) -> str:
 def test_bad_input_is_one_line_exit_2_before_any_work(
     make_argv, message, store, segments_file, tmp_path, capsys, forbid_work, monkeypatch
 ):
-    monkeypatch.setattr(cli, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(common, "CONNECT_TIMEOUT_S", 1)
     argv = make_argv(store, tmp_path, str(segments_file))
     (tmp_path / "keep.txt").write_text("x")  # tmp_path is not empty
     code, err = run(argv, capsys)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytyche.sequential import plot_regret, simulate_sequential
+import pytyche as pt
+from pytyche.sequential import simulate_sequential
 
 FIT = {"n_draws": 40, "n_trees_mu": 20, "n_trees_tau": 10, "n_warmstart": 5, "num_threads": 1}
 
@@ -55,6 +56,6 @@ def test_regret_plot(result):
     import matplotlib  # a test dependency
 
     matplotlib.use("Agg")
-    ax = plot_regret(result)
+    ax = pt.plot.regret(result)
     assert [line.get_label() for line in ax.get_lines()] == ["sequential", "thompson", "uniform"]
     matplotlib.pyplot.close(ax.figure)

@@ -44,6 +44,10 @@ from .sequential import (
     simulate_sequential,
 )
 
+# -- plots: matplotlib is imported when one is drawn, so this import stays cheap --
+# isort: split
+from . import plot
+
 __all__ = [
     "BCFResult",
     "BinaryBCFResult",
@@ -80,6 +84,7 @@ __all__ = [
     "open_experiment",
     "open_posterior",
     "planted_segments",
+    "plot",
     "posterior",
     "recommend",
     "segment_means",

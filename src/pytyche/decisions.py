@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from scipy.special import ndtr
 
+from . import _html
 from ._mcse import probability_mcse
 from ._validate import check_metric_amount, check_probability
 from .results import ARM, CHAIN, BCFResult, BinaryBCFResult, HurdleBCFResult
@@ -123,10 +124,11 @@ class Recommendation(xr.Dataset):
     """The Dataset :func:`recommend` returns: an ``xarray.Dataset`` that prints as a table.
 
     ``print(result)`` (``str``) shows one row per (segment, treatment) a product manager can
-    read, computing first if the Dataset is lazy; ``repr`` stays xarray's. Every Dataset
-    method works; ``result.to_dataframe()`` is xarray's (computing a lazy result once, not
-    once per variable), indexed by (segment, treatment), one column per variable;
-    :meth:`table` is the rounded, readable one that ``print`` shows.
+    read, computing first if the Dataset is lazy; ``repr`` stays xarray's. In Jupyter the same
+    table shows above xarray's view; a lazy result shows xarray's view alone (a view never
+    computes). Every Dataset method works; ``result.to_dataframe()`` is xarray's (computing a
+    lazy result once, not once per variable), indexed by (segment, treatment), one column per
+    variable; :meth:`table` is the rounded, readable one that ``print`` shows.
     """
 
     __slots__ = ()
@@ -187,8 +189,12 @@ class Recommendation(xr.Dataset):
         return xr.Dataset.to_dataframe(_computed(self), *args, **kwargs)
 
     def __str__(self) -> str:
+        with pd.option_context("display.width", 250, "display.max_columns", None):
+            return self._header() + "\n" + self.table().to_string(index=False)
+
+    def _header(self) -> str:
         t = self.attrs
-        header = (
+        return (
             f"Decisions per segment and treatment (vs {t.get('control', 'control')}; "
             f"{t.get('n_samples', '?')} posterior samples; min practical effect "
             f"{t.get('min_practical_effect', float('nan')):g})\n"
@@ -198,8 +204,22 @@ class Recommendation(xr.Dataset):
             f"stop: P(<-effect) > {t.get('harm', float('nan')):g} or "
             f"P(>effect) < {t.get('futility', float('nan')):g}; else continue"
         )
-        with pd.option_context("display.width", 250, "display.max_columns", None):
-            return header + "\n" + self.table().to_string(index=False)
+
+    def _repr_html_(self) -> str:
+        dataset_view = xr.Dataset._repr_html_(self)
+        if any(v.chunks is not None for v in self.variables.values()):
+            note = "Lazy: print(result) or result.compute() shows the decision table."
+            return _html.paragraph(note) + dataset_view
+        try:
+            table = self.table()
+        except KeyError:  # a selection of some variables (``result[["lift"]]``) is no table
+            return dataset_view
+        return _html.view(
+            "Recommendation",
+            *(_html.paragraph(line.strip()) for line in self._header().split("\n")),
+            _html.table(list(table.columns), table.itertuples(index=False)),
+            _html.details("the Dataset", dataset_view),
+        )
 
 
 def _computed(dataset: xr.Dataset) -> xr.Dataset:

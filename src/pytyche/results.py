@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import _html
 from ._validate import check_arm_names, check_choice
+from .segments import covariate_kind, covariate_names, dtype_kind
 
 __all__ = [
     "MISSING_OF",
@@ -163,6 +165,9 @@ class BCFResult:
         sizes = ", ".join(f"{d}: {n}" for d, n in self._dataset.sizes.items())
         return f"<{type(self).__name__} ({sizes}) arms={list(self.variants)}>"
 
+    def _repr_html_(self) -> str:
+        return _view_html(self)
+
 
 class BinaryBCFResult(BCFResult):
     """Posterior of a binary outcome: ``conversion`` = P(convert | visitor, arm)."""
@@ -187,6 +192,62 @@ class HurdleBCFResult(BCFResult):
 
     family = "hurdle"
     metric_variables = ("conversion", "value")
+
+
+_DIM_MEANINGS = {VISITOR: "visitors", CHAIN: "chains", DRAW: "draws", ARM: "arms"}
+_OBSERVED_ROLES = {"variant": "arm served", "outcome": "outcome"}
+
+
+def _view_html(result: BCFResult) -> str:
+    """The Jupyter view of a result, from metadata alone: nothing dask-backed is computed."""
+    ds = result.dataset
+    names = result.metric_variables
+    metric = [ds[name].variable for name in names]
+    lazy = any(var.chunks is not None for var in metric)
+    dim_rows = []
+    for dim in metric[0].dims:
+        chunks = [None if v.chunks is None else v.chunks[v.dims.index(dim)] for v in metric]
+        meaning = _DIM_MEANINGS.get(str(dim), "")
+        if dim == DRAW and CHAIN in metric[0].dims:
+            meaning = "draws per chain"
+        row = [dim, _html.integer(ds.sizes[dim]), meaning]
+        dim_rows.append(row + [_html.chunk_text(c) for c in chunks])
+    stored = ", ".join(f"{name} {var.dtype}" for name, var in zip(names, metric, strict=True))
+    total = sum(int(var.nbytes) for var in metric)
+    summary = _html.fields(
+        [
+            ("family", f"{result.family}: metric = {' × '.join(names)}"),
+            ("arms", ", ".join([f"{result.control} (control)", *result.variants[1:]])),
+            ("samples", f"{result.n_samples:,} ({' × '.join(result.sample_dims)})"),
+            ("visitors", _html.integer(ds.sizes[VISITOR])),
+            ("bytes", f"{_html.byte_size(total)} ({stored})"),
+            ("storage", "dask, lazy (this view reads nothing)" if lazy else "numpy, in memory"),
+        ]
+    )
+    sizes = _html.table(["dim", "size", "what", *(f"chunks of {n}" for n in names)], dim_rows)
+    observed_rows = []
+    for name in covariate_names(ds):
+        var = ds.variables[name]
+        kind = dtype_kind(var.dtype)
+        if kind == "object" and var.chunks is not None:
+            kind = "not read (lazy object column)"
+        elif kind == "object":
+            try:
+                kind = covariate_kind(var.values, name)
+            except TypeError:
+                kind = "mixed kinds (not usable in rules)"
+        where = "lazy" if var.chunks is not None else "in memory"
+        observed_rows.append([name, _OBSERVED_ROLES.get(name, "covariate"), kind, var.dtype, where])
+    observed = (
+        _html.table(["observed", "role", "kind", "dtype", "storage"], observed_rows)
+        if observed_rows
+        else _html.paragraph("no observed data along visitor")
+    )
+    title = (
+        f"{type(result).__name__}: {result.family}, {ds.sizes[VISITOR]:,} visitors × "
+        f"{result.n_samples:,} samples × {len(result.variants)} arms"
+    )
+    return _html.view(title, summary, sizes, observed)
 
 
 RESULT_TYPES: dict[str, type[BCFResult]] = {

@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from scipy.special import ndtri
 
+from . import _html
 from ._validate import check_arm_names, check_choice, check_metric_amount
 from .data import OUTCOME, VARIANT
 from .results import RESULT_TYPES
@@ -120,6 +121,48 @@ class SetupReport:
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return _report_html(self)
+
+
+def _report_html(report: SetupReport) -> str:
+    """The Jupyter view of a setup check: per-arm counts, sample size, missing values, findings."""
+    header = ["arm", "visitors"] + (["conversions"] if report.conversions is not None else [])
+    rows = [
+        [arm, _html.integer(report.visitors.get(arm, 0))]
+        + (
+            [_html.integer(report.conversions.get(arm, 0))]
+            if report.conversions is not None
+            else []
+        )
+        for arm in report.arms
+    ]
+    needed = report.visitors_needed_per_arm
+    sample_size = (
+        ""
+        if needed is None
+        else _html.paragraph(
+            f"Visitors per arm needed to detect a lift of {report.min_practical_effect:g} (80% "
+            f"power, two-sided 5%): about {needed:,}"
+        )
+    )
+    missing = [
+        [name, _html.Cell(_html.percent(share), share)]
+        for name, share in report.missing_share.items()
+        if share > 0
+    ]
+    status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    return _html.view(
+        f"SetupReport ({report.family or 'family not given'}): {status}",
+        _html.table(header, rows) if rows else "",
+        sample_size,
+        _html.table(["covariate", "missing"], missing) if missing else "",
+        _html.paragraph("Problems (a fit refuses this data):") if report.problems else "",
+        _html.bullets(report.problems),
+        _html.paragraph("Warnings:") if report.warnings else "",
+        _html.bullets(report.warnings),
+    )
 
 
 def check_setup(

@@ -10,7 +10,6 @@ puts in that leaf.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .. import _html
 from ..analysis import thompson_allocation
 from ..results import VISITOR
 from ..segments import Clause, DiscoveredSegment, SegmentRule, covariate_names, membership
@@ -532,8 +532,13 @@ class PolicyTreeResult:
             f"arms={list(self.arms)}>"
         )
 
+    def _repr_html_(self) -> str:
+        return _tree_html(self)
+
     def plot(self, ax=None):
         """Draw the tree with matplotlib: splits on the edges, a box per leaf.
+
+        The same as :func:`pytyche.plot.policy_tree`, which documents the drawing.
 
         Parameters
         ----------
@@ -547,64 +552,86 @@ class PolicyTreeResult:
         Raises
         ------
         ImportError
-            When matplotlib is not installed (``pip install pytyche[plot]``).
+            When matplotlib is not installed (``pip install "pytyche[plot]"``).
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as exc:  # pragma: no cover - matplotlib is a test dependency
-            raise ImportError(
-                "PolicyTreeResult.plot needs matplotlib: pip install pytyche[plot]"
-            ) from exc
-        if ax is None:
-            n_leaves = max(1, len(self.segments))
-            _, ax = plt.subplots(figsize=(max(6.0, 3.2 * n_leaves), 1.8 + 1.6 * self.depth))
-        positions: dict[int, tuple[float, float]] = {}
-        leaves = itertools.count()
+        from ..plot import policy_tree  # the top layer: imported when called, not at import
 
-        def place(node_id: int, depth: int) -> float:
-            node = self._nodes[node_id]
-            if node["split"] is None:
-                x = float(next(leaves))
-            else:
-                x = (place(node["left"], depth + 1) + place(node["right"], depth + 1)) / 2
-            positions[node_id] = (x, -float(depth))
-            return x
-
-        place(0, 0)
-        for node_id, (x, y) in positions.items():
-            node = self._nodes[node_id]
-            if node["split"] is None:
-                segment = self.segments[node["segment"]]
-                probability = (segment.arm_best_probabilities or {}).get(segment.best_arm, math.nan)
-                label = (
-                    f"segment {segment.id}\n{segment.population_share:.1%} of visitors\n"
-                    f"best: {segment.best_arm} (P={probability:.2f})"
-                )
-                style = {"boxstyle": "round", "facecolor": "#e8f1fb", "edgecolor": "#3a6ea5"}
-            else:
-                label = f"{node['members']:,} visitors"
-                style = {"boxstyle": "round", "facecolor": "#f4f4f4", "edgecolor": "#888888"}
-                for side in ("left", "right"):
-                    cx, cy = positions[node[side]]
-                    ax.plot([x, cx], [y, cy], color="#888888", zorder=1)
-                    ax.text(
-                        (x + cx) / 2,
-                        (y + cy) / 2,
-                        str(split_clause(node["split"], side)),
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
-                    )
-            ax.text(x, y, label, ha="center", va="center", fontsize=9, bbox=style, zorder=2)
-        xs = [p[0] for p in positions.values()]
-        ax.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
-        ax.set_ylim(-self.depth - 0.6, 0.6)
-        ax.set_axis_off()
-        ax.set_title(f"Policy tree: {len(self.segments)} segment(s)")
-        return ax
+        return policy_tree(self, ax=ax)
 
     @property
     def depth(self) -> int:
         """Depth of the fitted tree (0 for a root-only tree)."""
         return max(node["depth"] for node in self._nodes)
+
+
+def _tree_html(tree: PolicyTreeResult) -> str:
+    """The Jupyter view of a tree: its settings, the leaf table and the tree as text."""
+    gain = tree.objective - tree.control_objective
+    summary = _html.fields(
+        [
+            ("arms", ", ".join([f"{tree.arms[0]} (control)", *tree.arms[1:]])),
+            ("visitors fitted", _html.integer(tree.n_visitors)),
+            ("depth", f"{tree.depth} (max_depth {tree.max_depth}, {tree.search} search)"),
+            ("split on", ", ".join(tree.features) or "nothing"),
+            (
+                "smallest leaf",
+                f"{_html.percent(tree.min_segment_share)} of visitors ({tree.min_segment_size:,})",
+            ),
+            ("metric per visitor", _html.Cell(_html.number(tree.objective), tree.objective)),
+            (
+                "with everyone on control",
+                _html.Cell(_html.number(tree.control_objective), tree.control_objective),
+            ),
+            ("gain of the policy", _html.Cell(_html.number(gain, "+.4g"), gain)),
+            ("unassigned", f"{_html.percent(tree.unassigned_share)} (missing split covariate)"),
+            ("bootstrap refits", f"{tree.n_bootstrap} (seed {tree.seed})"),
+        ]
+    )
+    rows = []
+    for segment in tree.segments:
+        probabilities = segment.arm_best_probabilities or {}
+        interval = segment.gate_interval
+        row: list[object] = [
+            segment.id,
+            str(segment.rule),
+            _html.Cell(_html.percent(segment.population_share), segment.population_share),
+            _html.Cell("" if segment.best_arm is None else segment.best_arm, strong=True),
+        ]
+        row += [
+            _html.Cell(
+                _html.number(probabilities.get(arm), ".3f"),
+                probabilities.get(arm),
+                strong=arm == segment.best_arm,
+            )
+            for arm in tree.arms
+        ]
+        row += [
+            _html.Cell(_html.number(segment.gate_estimate, "+.4g"), segment.gate_estimate),
+            "n/a"
+            if interval is None
+            else f"[{_html.number(interval[0], '+.4g')}, {_html.number(interval[1], '+.4g')}]",
+            _html.number(segment.stability_score, ".2f"),
+        ]
+        rows.append(row)
+    header = [
+        "segment",
+        "rule",
+        "share",
+        "best arm",
+        *(f"P(best) {arm}" for arm in tree.arms),
+        "gain vs control",
+        "interval",
+        "stability",
+    ]
+    lines = str(tree).split("\n")
+    root = next(i for i, line in enumerate(lines) if line.startswith("everyone"))
+    title = (
+        f"PolicyTreeResult: {len(tree.segments)} segment(s) over {tree.n_visitors:,} visitors, "
+        f"arms {', '.join(tree.arms)}"
+    )
+    return _html.view(
+        title,
+        summary,
+        _html.table(header, rows),
+        _html.details("tree", _html.preformatted("\n".join(lines[root:])), open=True),
+    )

@@ -9,7 +9,7 @@ from .assign import visitor_uniforms
 from .evaluate import evaluate_policy, policy_probabilities
 from .experiment import SequentialExperiment, logged_observed, sequential_experiment
 from .plan import CELLS, NO_SEGMENT, RoundPlan, check_schedule, round_size
-from .simulate import plot_regret, simulate_sequential
+from .simulate import simulate_sequential
 from .srm import SampleRatioMismatchWarning, srm_test
 from .store import open_experiment, save_experiment
 
@@ -23,7 +23,6 @@ __all__ = [
     "evaluate_policy",
     "logged_observed",
     "open_experiment",
-    "plot_regret",
     "policy_probabilities",
     "round_size",
     "save_experiment",

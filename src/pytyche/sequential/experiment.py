@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .. import _html
 from .._version import __version__
 from ..analysis import segment_means
 from ..data import observed_data
@@ -783,6 +784,9 @@ class SequentialExperiment:
     def __repr__(self) -> str:
         return f"<SequentialExperiment arms={list(self.arms)} round={self.round}>"
 
+    def _repr_html_(self) -> str:
+        return _experiment_html(self)
+
     def to_zarr(self, path) -> Any:
         """Save the experiment atomically; see :func:`~pytyche.sequential.save_experiment`.
 
@@ -814,6 +818,35 @@ class SequentialExperiment:
             "rounds": copy.deepcopy(self._rounds),
             "data": list(self._data),
         }
+
+
+def _experiment_html(experiment: SequentialExperiment) -> str:
+    """The Jupyter view of an experiment: one row per round, then the current plan."""
+    plans = experiment.plans
+    rows = []
+    for i, (plan, data) in enumerate(zip(plans, experiment._data, strict=True)):
+        srm = plans[i + 1].notes.get("srm") if i + 1 < len(plans) else None
+        rows.append(
+            [
+                plan.round,
+                plan.status,
+                _html.integer(plan.size),
+                _html.integer(0 if data is None else data.sizes["visitor"]),
+                len(plan.segments),
+                ", ".join(plan.active),
+                "not checked"
+                if srm is None
+                else f"p = {srm['p_value']:.3g}" + (" (FLAGGED)" if srm["flagged"] else ""),
+            ]
+        )
+    header = ["round", "status", "planned", "recorded", "segments", "arms", "sample ratio"]
+    return _html.view(
+        f"SequentialExperiment: arms {', '.join(experiment.arms)}; round {experiment.round} now",
+        _html.table(header, rows),
+        _html.details(
+            f"current plan (round {experiment.round})", experiment.plan()._repr_html_(), open=True
+        ),
+    )
 
 
 def _refuse(bad: np.ndarray, keys: np.ndarray, what: str, got=None, want=None) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .. import _html
 from ..policy_tree import PolicyTreeResult
 from ..segments import SegmentRule, membership
 from .assign import choose_interval, visitor_covariates, visitor_keys, visitor_uniforms
@@ -670,6 +671,101 @@ class RoundPlan:
             f"<RoundPlan round={self.round} size={self.size} status={self.status!r} "
             f"segments={len(self.segments)} active={list(self.active)}>"
         )
+
+    def _repr_html_(self) -> str:
+        return _plan_html(self)
+
+
+def _plan_html(plan: RoundPlan) -> str:
+    """The Jupyter view of a plan: cells, per-segment weights, candidates and checks."""
+    c, e, o = (plan.cells[cell] for cell in CELLS)
+    arms = ", ".join(plan.active)
+    if plan.dropped:
+        arms += f" (dropped: {', '.join(plan.dropped)})"
+    summary = _html.fields(
+        [
+            ("status", f"{plan.status} (optimized cell: {plan._status_text()})"),
+            ("active arms", arms),
+            ("planned visitors", _html.integer(plan.size)),
+            ("seed", plan.seed),
+            (
+                "assigned so far",
+                f"{len(plan.assigned):,} ({plan.n_unsegmented:,} in no segment)",
+            ),
+        ]
+    )
+    cells = _html.table(
+        ["cell", "weight", "serves"],
+        [
+            ["control", _html.Cell(_html.percent(c), c), f"always {plan.arms[0]}"],
+            ["explore", _html.Cell(_html.percent(e), e), "uniform over the active arms"],
+            ["optimized", _html.Cell(_html.percent(o), o), "the segment's weights below"],
+        ],
+    )
+    effective = plan.effective_probability.values
+
+    def label(s: int) -> str:
+        return plan.segments.get(s, "no segment (missing covariate): pooled weights")
+
+    def weights(table: Mapping[int, Mapping[str, float]] | np.ndarray) -> str:
+        rows = []
+        for i, s in enumerate(plan.segment_ids):
+            values = [
+                float(effective[i, k] if isinstance(table, np.ndarray) else table[s][arm])
+                for k, arm in enumerate(plan.arms)
+            ]
+            rows.append([s, label(s), *(_html.Cell(_html.percent(v), v) for v in values)])
+        return _html.table(["segment", "rule", *plan.arms], rows)
+
+    posterior = ""
+    if plan.prob_best:
+        rows = [
+            [
+                s,
+                label(s),
+                arm,
+                _html.number(p.get(arm), ".3f"),
+                _html.number(plan.expected_loss.get(s, {}).get(arm)),
+            ]
+            for s, p in plan.prob_best.items()
+            for arm in p
+        ]
+        table = _html.table(["segment", "rule", "arm", "P(best)", "expected loss"], rows)
+        posterior = _html.details("posterior summaries the weights came from", table)
+    notes = []
+    unsegmented = plan.notes.get("unsegmented_share")
+    if unsegmented:
+        notes.append(f"{unsegmented:.1%} of fitted visitors matched no segment")
+    newly = plan.notes.get("newly_dropped") or []
+    if newly:
+        notes.append(
+            f"dropped this round: {', '.join(newly)} (P(best) below "
+            f"{plan.notes.get('drop_threshold')} in every segment)"
+        )
+    notes += [
+        f"graduation candidate: {g['arm']} in segment {g['segment']} (P(best) "
+        f"{g['prob_best']:.3f}, expected loss {g['expected_loss']:.4g})"
+        for g in plan.graduation
+    ]
+    srm = plan.notes.get("srm")
+    if srm:
+        flag = "FLAGGED" if srm["flagged"] else "ok"
+        notes.append(
+            f"sample ratio check of round {srm['round']}: p = {srm['p_value']:.3g} ({flag})"
+        )
+    tree = plan.policy_tree
+    return _html.view(
+        f"RoundPlan: round {plan.round}, {plan.size:,} visitors, {plan.status}",
+        summary,
+        cells,
+        _html.paragraph("Optimized cell: P(arm | segment)"),
+        weights(plan.optimized),
+        _html.paragraph("Effective probability over all cells (the logged propensity)"),
+        weights(effective),
+        _html.bullets(notes),
+        posterior,
+        "" if tree is None else _html.details("policy tree", _html.preformatted(tree)),
+    )
 
 
 def _positions(ids: Sequence[int], segment: np.ndarray) -> np.ndarray:

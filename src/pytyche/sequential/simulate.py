@@ -16,7 +16,7 @@ from .evaluate import evaluate_policy, policy_probabilities
 from .experiment import logged_observed, sequential_experiment
 from .plan import check_arms, check_schedule, round_size
 
-__all__ = ["POLICIES", "plot_regret", "simulate_sequential"]
+__all__ = ["POLICIES", "simulate_sequential"]
 
 POLICIES = ("sequential", "thompson", "uniform")
 COVARIATES = ("device", "age", "returning", "visits")
@@ -239,40 +239,3 @@ def simulate_sequential(
         },
         attrs={"scenario": scenario, "family": family, "arms": list(arms), "seed": int(seed)},
     )
-
-
-def plot_regret(result: xr.Dataset, ax=None):
-    """Cumulative regret of each policy against cumulative visitors (needs matplotlib).
-
-    Parameters
-    ----------
-    result : xarray.Dataset
-        :func:`simulate_sequential` output.
-    ax : matplotlib.axes.Axes, optional
-        Axes to draw on; default a new figure's.
-
-    Returns
-    -------
-    matplotlib.axes.Axes
-
-    Raises
-    ------
-    ImportError
-        When matplotlib is not installed (``pip install pytyche[plot]``).
-    """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # an optional dependency
-        raise ImportError("plot_regret needs matplotlib: pip install 'pytyche[plot]'") from error
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    x = np.cumsum(result["visitors"].values)
-    for policy in result["policy"].values:
-        ax.plot(
-            x, result["cumulative_regret"].sel(policy=policy).values, marker="o", label=str(policy)
-        )
-    ax.set_xlabel("visitors so far")
-    ax.set_ylabel("cumulative regret (metric units)")
-    ax.set_title(f"{result.attrs.get('scenario', '')} scenario: cumulative regret")
-    ax.legend()
-    return ax
