@@ -6,6 +6,8 @@ still runs end to end and prints its table.
 
 from __future__ import annotations
 
+import json
+import math
 import runpy
 import sys
 from pathlib import Path
@@ -28,6 +30,13 @@ TINY_ARGS = {
 }
 
 
+# The calibration study (benchmarks/calibration.py, docs/calibration.md) is not a bench_*.py
+# timing script but runs at a tiny size here too.
+CALIBRATION_TINY_ARGS = (
+    "--experiments 2 --visitors 240 --draws 10 --trees-mu 5 --trees-tau 3 --out {tmp}"
+)
+
+
 def test_every_benchmark_has_a_smoke_run():
     scripts = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
     assert scripts, f"no benchmark scripts found in {BENCHMARKS}"
@@ -42,3 +51,46 @@ def test_benchmark_runs_at_a_tiny_size(script, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     # Each script prints a table of measured figures: at least one line with a number.
     assert any(ch.isdigit() for line in printed.splitlines() for ch in line), printed
+
+
+def test_calibration_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys):
+    args = CALIBRATION_TINY_ARGS.format(tmp=tmp_path).split()
+    monkeypatch.setattr(sys, "argv", ["calibration.py", *args])
+    runpy.run_path(str(BENCHMARKS / "calibration.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "reliability of prob_best" in printed and "coverage of the 80%" in printed, printed
+    assert (tmp_path / "calibration_reliability.png").stat().st_size > 0
+
+    raw = json.loads((tmp_path / "calibration_records.json").read_text())
+    records = raw["records"]
+    assert raw["meta"]["experiments"] == len(records) == 2
+    # Two experiments: the first two configurations (binary, K = 2 then K = 3), own seeds.
+    assert [(r["family"], r["k"]) for r in records] == [("binary", 2), ("binary", 3)]
+    assert len({r["seed"] for r in records}) == 2
+    pairs = contrasts = 0
+    for record in records:
+        assert len(record["segments"]) == 4  # the planted segments
+        for seg in record["segments"]:
+            k = record["k"]
+            assert seg["members"] == seg["summary_members"] > 0
+            assert len(seg["prob_best"]) == len(seg["true_contrast"]) == k
+            assert 0 <= seg["true_best"] < k and seg["true_contrast"][0] == 0
+            assert math.isclose(sum(seg["prob_best"]), 1.0, abs_tol=1e-9)
+            bounds = zip(seg["contrast_lower"], seg["contrast_upper"], strict=True)
+            assert all(lo <= up for lo, up in bounds)
+            pairs += k
+            contrasts += k - 1
+
+    summary = json.loads((tmp_path / "calibration_summary.json").read_text())
+    bins = summary["reliability"]
+    assert len(bins) == 10 and sum(b["count"] for b in bins) == pairs
+    for b in bins:
+        if b["count"]:
+            assert 0 <= b["frequency"] <= 1 and b["bin"][0] <= b["mean_p"] <= b["bin"][1]
+    coverage = {(row["family"], row["k"]): row for row in summary["coverage"]}
+    assert coverage[("all", 0)]["contrasts"] == contrasts
+    assert sum(row["contrasts"] for key, row in coverage.items() if key[0] != "all") == contrasts
+    for row in coverage.values():
+        assert 0 <= row["coverage"] <= 1
+        assert math.isclose(row["coverage"] + row["miss_above"] + row["miss_below"], 1.0)
+    assert sum(row["segments"] for row in summary["per_config"] if row["family"] != "all") == 8
