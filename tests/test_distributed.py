@@ -10,6 +10,7 @@ import time
 import dask
 import distributed
 import pytest
+import xarray as xr
 
 import pytyche as pt
 
@@ -58,6 +59,15 @@ def test_allocation_on_a_process_cluster_equals_the_local_one(client):
         means = pt.segment_means(lazy_posterior(), SEGMENTS).compute()
     assert on_cluster == local
     assert means.sizes["segment"] == 4
+
+
+def test_a_posterior_written_from_the_cluster_equals_one_written_locally(client, tmp_path):
+    local = pt.to_zarr(lazy_posterior(), tmp_path / "local.zarr")
+    with client.as_current(), dask.config.set(scheduler="dask.distributed"):
+        on_cluster = pt.to_zarr(lazy_posterior(), tmp_path / "cluster.zarr")
+    xr.testing.assert_identical(
+        pt.open_posterior(on_cluster).dataset.load(), pt.open_posterior(local).dataset.load()
+    )
 
 
 def test_a_worker_killed_mid_computation_does_not_change_the_result(client):

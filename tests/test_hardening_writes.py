@@ -11,8 +11,10 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -216,3 +218,27 @@ def test_allowed_names_round_trip_through_every_reader(tmp_path, fmt):
         np.testing.assert_array_equal(
             pt.membership(rule, result.observed).values, [[False] * 3 + [True] * 3]
         )
+
+
+def test_the_private_write_pool_is_used_only_by_the_threaded_scheduler(tmp_path, monkeypatch):
+    # Under another scheduler (a distributed client) a pool in the global dask config is
+    # never used, and a nanny that pickles that config to restart a lost worker fails on it.
+    pools = []
+    original = xr.Dataset.to_zarr
+
+    def spy(self, *args, **kwargs):
+        pools.append(dask.config.get("pool", None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", spy)
+    result = pt.example_posterior(n_visitors=200, n_draws=10, chunks=100, seed=0)
+    pt.to_zarr(result, tmp_path / "threads.zarr")
+    with dask.config.set(scheduler="synchronous"):
+        pt.to_zarr(result, tmp_path / "synchronous.zarr")
+    assert isinstance(pools[0], ThreadPoolExecutor)
+    assert pools[1:] == [None]
+    assert dask.config.get("pool", None) is None
+    expected = pt.open_posterior(tmp_path / "threads.zarr").dataset.load()
+    xr.testing.assert_identical(
+        pt.open_posterior(tmp_path / "synchronous.zarr").dataset.load(), expected
+    )

@@ -50,6 +50,8 @@ from typing import Any
 
 import dask
 import dask.array as da
+import dask.base
+import dask.threaded
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -548,20 +550,35 @@ def _excerpt(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@contextlib.contextmanager
+def _private_pool():
+    """A thread pool of our own as dask's pool, joined on exit, when the threaded scheduler runs.
+
+    Only the threaded scheduler reads the ``pool`` option. Under another (a distributed
+    client), the pool would only sit in the global dask config, which a nanny pickles to
+    restart a lost worker: a thread pool cannot be pickled, so the worker would never return.
+    """
+    if dask.base.get_scheduler() not in (None, dask.threaded.get):
+        yield
+        return
+    with ThreadPoolExecutor(worker_threads()) as pool, dask.config.set(pool=pool):
+        yield
+
+
 def _atomic_write(target: Path, write, overwrite: bool) -> Path:
     """Run ``write(tmp)`` on a temporary beside ``target``, then move it into place.
 
     A new path is claimed without replacing anything (another writer's store is kept); an
-    existing one (``overwrite=True``, already checked) is swapped. The write runs in a
-    private thread pool set as dask's pool, so that after a failed task every chunk write
-    still running has finished before the temporary is removed (else it could be recreated
-    under us).
+    existing one (``overwrite=True``, already checked) is swapped. On dask's threaded
+    scheduler the write runs in a private thread pool, so that after a failed task every
+    chunk write still running has finished before the temporary is removed (else it could be
+    recreated under us).
     """
     token = uuid.uuid4().hex
     tmp = target.parent / f".{target.name}.pytyche-{token}.tmp"
     old = target.parent / f".{target.name}.pytyche-{token}.old"
     try:
-        with ThreadPoolExecutor(worker_threads()) as pool, dask.config.set(pool=pool):
+        with _private_pool():
             write(tmp)
         moved = False
         if not overwrite or not (target.exists() or target.is_symlink()):
