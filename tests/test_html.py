@@ -360,6 +360,7 @@ def test_plan_view_shows_the_weights_of_to_dict():
         graduation=[{"arm": "A", "segment": 0, "prob_best": 0.99, "expected_loss": 1e-4}],
         prob_best={0: {"control": 0.01, "A": 0.99}},
         expected_loss={0: {"control": 0.5, "A": 1e-4}},
+        prob_best_mcse={0: {"control": 0.0021, "A": 0.0034}},
     )
     description = plan.to_dict()
     view = View(plan._repr_html_())
@@ -389,10 +390,16 @@ def test_plan_view_shows_the_weights_of_to_dict():
         assert row[2:] == [f"{v:.1%}" for v in values]
         assert titles[2:] == [str(float(v)) for v in values]
     assert view.items == [
-        "graduation candidate: A in segment 0 (P(best) 0.990, expected loss 0.0001)"
+        "graduation candidate: A in segment 0 (P(best) 0.990 ± 0.003, expected loss 0.0001)"
     ]
     assert view.summaries == ["posterior summaries the weights came from"]
     assert view.table(4)[1:] == [
+        ["0", "device == 'mobile'", "control", "0.010 ± 0.002", "0.5"],
+        ["0", "device == 'mobile'", "A", "0.990 ± 0.003", "0.0001"],
+    ]
+    # A plan stored before the MCSE was reported shows P(best) alone.
+    old = RoundPlan.from_dict({k: v for k, v in description.items() if k != "prob_best_mcse"})
+    assert View(old._repr_html_()).table(4)[1:] == [
         ["0", "device == 'mobile'", "control", "0.010", "0.5"],
         ["0", "device == 'mobile'", "A", "0.990", "0.0001"],
     ]

@@ -37,9 +37,19 @@ def serve(plan, n=400, seed=0):
 class FakeFit:
     """Stands in for pt.fit: a synthetic continuous posterior with known best arms."""
 
-    def __init__(self, lift_mobile=(0.0, 1.0, -1.0), lift_other=(0.0, -1.0, 1.0)):
+    def __init__(
+        self,
+        lift_mobile=(0.0, 1.0, -1.0),
+        lift_other=(0.0, -1.0, 1.0),
+        n_chains=None,
+        n_draws=40,
+        shared=0.0,
+    ):
+        """``shared``: scale of an autocorrelated per-sample shift common to all visitors
+        (makes P(best) uncertain); ``n_chains``: add a chain dim."""
         self.calls = []
         self.lift = {"mobile": np.array(lift_mobile), "other": np.array(lift_other)}
+        self.n_chains, self.n_draws, self.shared = n_chains, n_draws, shared
 
     def __call__(self, observed, family, propensity, **options):
         self.calls.append({"observed": observed, "propensity": propensity, "options": options})
@@ -48,7 +58,16 @@ class FakeFit:
         mobile = observed["device"].values == "mobile"
         mean = np.where(mobile[:, None], self.lift["mobile"], self.lift["other"])[:, index]
         rng = np.random.default_rng(0)
-        draws = mean[:, None, :] + 0.05 * rng.standard_normal((mean.shape[0], 40, len(arms)))
+        chains = () if self.n_chains is None else (self.n_chains,)
+        samples = (*chains, self.n_draws, len(arms))
+        draws = mean.reshape(-1, *[1] * len(chains), 1, len(arms)) + 0.05 * rng.standard_normal(
+            (mean.shape[0], *samples)
+        )
+        if self.shared:  # AR(1) along draw: effective sample size well below the draws
+            shift = rng.standard_normal(samples)
+            for d in range(1, self.n_draws):
+                shift[..., d, :] = 0.8 * shift[..., d - 1, :] + 0.6 * shift[..., d, :]
+            draws = draws + self.shared * shift
         return pt.from_arrays("continuous", arms, observed, expected=draws)
 
 
@@ -167,6 +186,41 @@ def test_advance_fits_with_logged_propensities_and_plans_per_segment(monkeypatch
     assert set(history["package_version"].values) == {pt.__version__}
     assert json.loads(history["plan"].values[1]) == plan.to_dict()
     assert int(history["recorded"].values[0]) == len(out)
+
+
+@pytest.mark.parametrize("n_chains", [None, 2])
+def test_prob_best_mcse_equals_segment_summary(monkeypatch, n_chains):
+    fake = FakeFit((0.0, 0.3, -0.3), (0.0, -0.3, 0.3), n_chains=n_chains, n_draws=100, shared=0.5)
+    monkeypatch.setattr(experiment_module, "fit", fake)
+    exp = experiment()
+    exp.record(logged_observed(serve(exp.plan())))
+    plan = exp.advance()
+    assert plan.status == "optimized" and ("chain" in exp.posterior.sample_dims) == bool(n_chains)
+    # The tree's segments, and the pooled row (-1) as the one segment "everyone".
+    for segments, ids in ((plan.segments, list(plan.segments)), ({0: "everyone"}, [-1])):
+        summary = pt.segment_summary(exp.posterior, segments)
+        for s, row in zip(ids, summary["segment"].values, strict=True):
+            expected = summary.sel(segment=row)
+            assert list(plan.prob_best_mcse[s]) == ARMS
+            np.testing.assert_allclose(
+                [plan.prob_best[s][a] for a in ARMS], expected["prob_best"].values, rtol=1e-12
+            )
+            np.testing.assert_allclose(
+                [plan.prob_best_mcse[s][a] for a in ARMS],
+                expected["prob_best_mcse"].values,
+                rtol=1e-12,
+            )
+    mcse = np.array([list(row.values()) for row in plan.prob_best_mcse.values()])
+    assert (mcse > 0).all()
+    if n_chains:  # autocorrelated draws: above the independent-draws error somewhere
+        p = np.array([list(row.values()) for row in plan.prob_best.values()])
+        assert (mcse > 1.2 * np.sqrt(p * (1 - p) / 200)).any()
+    text = str(plan)
+    assert "P(best) ± Monte Carlo standard error:" in text
+    s, a = -1, "A"
+    assert f"A {plan.prob_best[s][a]:.3f} ± {plan.prob_best_mcse[s][a]:.3f}" in text
+    again = pt.sequential.RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan and again.prob_best_mcse == plan.prob_best_mcse
 
 
 def test_an_arm_never_best_is_dropped(monkeypatch):

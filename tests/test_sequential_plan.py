@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -122,6 +124,37 @@ def test_plan_round_trips_through_dict():
     xr.testing.assert_identical(again.effective_probability, plan.effective_probability)
     with pytest.raises(ValueError, match="not a pytyche round plan"):
         RoundPlan.from_dict({"round": 1})
+
+
+def test_prob_best_mcse_round_trips_and_shows_beside_p_best():
+    ids = (0, 1, -1)
+    base = _plan({0: {"A": 1.0}, 1: {"B": 1.0}, -1: {"control": 1.0}})
+    plan = RoundPlan(
+        **{
+            **{k: v for k, v in base.to_dict().items() if k != "pytyche_round_plan"},
+            "segments": base.segments,
+            "optimized": base.optimized,
+            "graduation": [{"segment": 0, "arm": "A", "prob_best": 0.97, "expected_loss": 1e-4}],
+            "prob_best": {s: {"control": 0.01, "A": 0.97, "B": 0.02} for s in ids},
+            "expected_loss": {s: {"control": 0.5, "A": 1e-4, "B": 0.4} for s in ids},
+            "prob_best_mcse": {s: {"control": 0.001, "A": 0.0123, "B": 0.0014} for s in ids},
+        }
+    )
+    description = json.loads(json.dumps(plan.to_dict()))
+    again = RoundPlan.from_dict(description)
+    assert again == plan and again.prob_best_mcse == plan.prob_best_mcse
+    assert again.prob_best_mcse[-1] == {"control": 0.001, "A": 0.0123, "B": 0.0014}
+    changed = {**description, "prob_best_mcse": {**description["prob_best_mcse"], "0": {}}}
+    assert RoundPlan.from_dict(changed) != plan  # part of equality
+    # A description written before the MCSE was reported still loads, without it.
+    old = RoundPlan.from_dict({k: v for k, v in description.items() if k != "prob_best_mcse"})
+    assert old.prob_best_mcse == {} and old.prob_best == plan.prob_best
+    assert "±" not in str(old) and "P(best) 0.970, expected loss" in str(old)
+    text = str(plan)
+    assert "graduation candidate: A in segment 0 (P(best) 0.970 ± 0.012, expected" in text
+    assert "P(best) ± Monte Carlo standard error:" in text
+    assert "  segment 1 (device != 'mobile'): control 0.010 ± 0.001, A 0.970 ± 0.012, " in text
+    assert "  no segment (pooled): control 0.010 ± 0.001, A 0.970 ± 0.012, B 0.020 ± 0.001" in text
 
 
 def test_weights_must_sum_to_one():

@@ -467,7 +467,10 @@ def read_table(
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path, dtype=dict.fromkeys(text_columns, object))
+            # round_trip: pandas 2's default float parser can be 1 ulp off what was written.
+            return pd.read_csv(
+                path, dtype=dict.fromkeys(text_columns, object), float_precision="round_trip"
+            )
         if suffix in PARQUET_SUFFIXES:
             return pd.read_parquet(path)
     except ImportError as error:

@@ -16,11 +16,13 @@ import pandas as pd
 import xarray as xr
 
 from .. import _html
+from .._mcse import effective_sample_size, probability_mcse
 from .._version import __version__
 from ..analysis import segment_means
 from ..data import observed_data
 from ..fitting import fit
 from ..policy_tree import fit_policy_tree
+from ..results import CHAIN, DRAW
 from .assign import MAX_SEED, visitor_keys
 from .plan import (
     CELLS,
@@ -649,12 +651,24 @@ class SequentialExperiment:
         means = means.sel(segment=[*segments, pooled]).compute()  # rows in the order of `ids`
         arms_fitted = [str(a) for a in means["arm"].values]
         active = [a for a in active if a in arms_fitted]
-        sample_dims = [d for d in means.dims if d not in ("segment", "arm")]
+        chained = CHAIN in means.dims
+        sample_dims = [CHAIN, DRAW] if chained else [DRAW]
+        # Explicitly (segment, chain, draw, arm): the chain/draw split of the MCSE needs it.
         values = means.sel(arm=active).transpose("segment", *sample_dims, "arm").values
+        chain_draw = values.shape[1:-1]
         values = values.reshape(values.shape[0], -1, len(active))  # (segment, sample, arm)
         # The allocation's vote over the active arms: control (first) wins unless beaten.
         winner = np.argmax(values, axis=2)
         prob_best = np.stack([(winner == k).mean(axis=1) for k in range(len(active))], axis=1)
+        # Its Monte Carlo standard error, as pt.segment_summary's prob_best_mcse: the win
+        # indicator's ESS across chains, or the number of samples (independent) without chains.
+        if chained:
+            won = winner[..., None] == np.arange(len(active))  # (segment, sample, arm)
+            won = won.reshape(len(winner), *chain_draw, len(active)).transpose(0, 3, 1, 2)
+            ess = effective_sample_size(won)  # (segment, arm)
+        else:
+            ess = np.full(prob_best.shape, float(values.shape[1]))
+        prob_best_mcse = probability_mcse(prob_best, ess)
         loss = (values.max(axis=2, keepdims=True) - values).mean(axis=1)
         best_mean = values.mean(axis=1).max(axis=1)
         ids = [*segments, NO_SEGMENT]
@@ -714,6 +728,10 @@ class SequentialExperiment:
             expected_loss={
                 s: dict(zip(active, r.tolist(), strict=True))
                 for s, r in zip(ids, loss, strict=True)
+            },
+            prob_best_mcse={
+                s: dict(zip(active, r.tolist(), strict=True))
+                for s, r in zip(ids, prob_best_mcse, strict=True)
             },
             tree=tree.to_dict(),
             notes=notes,

@@ -271,6 +271,9 @@ class RoundPlan:
     prob_best, expected_loss : dict of int to dict of str to float
         Per segment (and -1 pooled) the posterior summaries the weights came from (empty
         before the first fit).
+    prob_best_mcse : dict of int to dict of str to float
+        The Monte Carlo standard error of each ``prob_best`` (as
+        :func:`pytyche.segment_summary`'s ``prob_best_mcse``); empty before the first fit.
     notes : dict
         Anything else the plan reports: burn-in counts, the previous round's SRM check, the
         share of fitted visitors in no segment, the tree text.
@@ -295,6 +298,7 @@ class RoundPlan:
         graduation: Sequence[Mapping[str, Any]] = (),
         prob_best: Mapping[int, Mapping[str, float]] | None = None,
         expected_loss: Mapping[int, Mapping[str, float]] | None = None,
+        prob_best_mcse: Mapping[int, Mapping[str, float]] | None = None,
         tree: Mapping[str, Any] | None = None,
         notes: Mapping[str, Any] | None = None,
     ):
@@ -320,6 +324,7 @@ class RoundPlan:
         self.graduation = [dict(g) for g in graduation]
         self.prob_best = {int(k): dict(v) for k, v in (prob_best or {}).items()}
         self.expected_loss = {int(k): dict(v) for k, v in (expected_loss or {}).items()}
+        self.prob_best_mcse = {int(k): dict(v) for k, v in (prob_best_mcse or {}).items()}
         self.tree = None if tree is None else json.loads(json.dumps(tree))
         self.notes = json.loads(json.dumps(dict(notes or {})))
         self.assigned = pd.DataFrame(
@@ -556,6 +561,7 @@ class RoundPlan:
             "graduation": self.graduation,
             "prob_best": {str(k): v for k, v in self.prob_best.items()},
             "expected_loss": {str(k): v for k, v in self.expected_loss.items()},
+            "prob_best_mcse": {str(k): v for k, v in self.prob_best_mcse.items()},
             "tree": self.tree,
             "notes": self.notes,
         }
@@ -598,6 +604,8 @@ class RoundPlan:
             graduation=data["graduation"],
             prob_best={int(k): v for k, v in data["prob_best"].items()},
             expected_loss={int(k): v for k, v in data["expected_loss"].items()},
+            # Absent from descriptions written before the MCSE was reported.
+            prob_best_mcse={int(k): v for k, v in data.get("prob_best_mcse", {}).items()},
             tree=data["tree"],
             notes=data["notes"],
         )
@@ -626,10 +634,7 @@ class RoundPlan:
         for s in self.segment_ids:
             row = effective.sel(segment=s)
             split = ", ".join(f"{a} {float(row.sel(arm=a)):.1%}" for a in self.active)
-            label = (
-                f"segment {s} ({self.segments[s]})" if s != NO_SEGMENT else "no segment (pooled)"
-            )
-            lines.append(f"  {label}: {split}")
+            lines.append(f"  {self._label(s)}: {split}")
         unsegmented = self.notes.get("unsegmented_share")
         if unsegmented:
             lines.append(
@@ -646,8 +651,15 @@ class RoundPlan:
         for g in self.graduation:
             lines.append(
                 f"graduation candidate: {g['arm']} in segment {g['segment']} "
-                f"(P(best) {g['prob_best']:.3f}, expected loss {g['expected_loss']:.4g})"
+                f"(P(best) {self._with_mcse(g)}, expected loss {g['expected_loss']:.4g})"
             )
+        if self.prob_best:
+            mcse_text = " ± Monte Carlo standard error" if self.prob_best_mcse else ""
+            lines.append(f"P(best){mcse_text}:")
+            for s, p in self.prob_best.items():
+                mcse = self.prob_best_mcse.get(s, {})
+                values = ", ".join(f"{a} {_plus_minus(v, mcse.get(a))}" for a, v in p.items())
+                lines.append(f"  {self._label(s)}: {values}")
         srm = self.notes.get("srm")
         if srm:
             flag = "FLAGGED" if srm["flagged"] else "ok"
@@ -655,6 +667,14 @@ class RoundPlan:
                 f"sample ratio check of round {srm['round']}: p = {srm['p_value']:.3g} ({flag})"
             )
         return "\n".join(lines)
+
+    def _label(self, s: int) -> str:
+        return f"segment {s} ({self.segments.get(s)})" if s != NO_SEGMENT else "no segment (pooled)"
+
+    def _with_mcse(self, candidate: Mapping[str, Any]) -> str:
+        """A graduation candidate's P(best), with its MCSE when the plan has it."""
+        mcse = self.prob_best_mcse.get(int(candidate["segment"]), {}).get(candidate["arm"])
+        return _plus_minus(candidate["prob_best"], mcse)
 
     def _status_text(self) -> str:
         if self.status == "initial":
@@ -724,7 +744,7 @@ def _plan_html(plan: RoundPlan) -> str:
                 s,
                 label(s),
                 arm,
-                _html.number(p.get(arm), ".3f"),
+                _plus_minus(p.get(arm), plan.prob_best_mcse.get(s, {}).get(arm)),
                 _html.number(plan.expected_loss.get(s, {}).get(arm)),
             ]
             for s, p in plan.prob_best.items()
@@ -744,7 +764,7 @@ def _plan_html(plan: RoundPlan) -> str:
         )
     notes += [
         f"graduation candidate: {g['arm']} in segment {g['segment']} (P(best) "
-        f"{g['prob_best']:.3f}, expected loss {g['expected_loss']:.4g})"
+        f"{plan._with_mcse(g)}, expected loss {g['expected_loss']:.4g})"
         for g in plan.graduation
     ]
     srm = plan.notes.get("srm")
@@ -766,6 +786,12 @@ def _plan_html(plan: RoundPlan) -> str:
         posterior,
         "" if tree is None else _html.details("policy tree", _html.preformatted(tree)),
     )
+
+
+def _plus_minus(p: float | None, mcse: float | None) -> str:
+    """``"0.620 ± 0.012"``: a P(best) and its Monte Carlo standard error (when known)."""
+    text = _html.number(p, ".3f")
+    return text if mcse is None else f"{text} ± {_html.number(mcse, '.3f')}"
 
 
 def _positions(ids: Sequence[int], segment: np.ndarray) -> np.ndarray:
