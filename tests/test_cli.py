@@ -393,6 +393,16 @@ def bad_segments(tmp_path, content) -> str:
     return str(path)
 
 
+def allocate_one_rule(rule: str):
+    """The argv of `pytyche allocate` with one segment of this rule."""
+    return lambda s, t, seg: [
+        "allocate",
+        str(s),
+        "--segments",
+        bad_segments(t, [{"id": 0, "rule": rule}]),
+    ]
+
+
 @pytest.mark.parametrize(
     ("make_argv", "message"),
     [
@@ -412,42 +422,10 @@ def bad_segments(tmp_path, content) -> str:
             lambda s, t, seg: ["allocate", str(s), "--segments", bad_segments(t, "{not json")],
             "is not JSON",
         ),
-        (
-            lambda s, t, seg: [
-                "allocate",
-                str(s),
-                "--segments",
-                bad_segments(t, [{"id": 0, "rule": "device ==="}]),
-            ],
-            "segment 0:",
-        ),
-        (
-            lambda s, t, seg: [
-                "allocate",
-                str(s),
-                "--segments",
-                bad_segments(t, [{"id": 0, "rule": "colour == 'red'"}]),
-            ],
-            "colour",
-        ),
-        (
-            lambda s, t, seg: [
-                "allocate",
-                str(s),
-                "--segments",
-                bad_segments(t, [{"id": 0, "rule": "age > 500"}]),
-            ],
-            "segment 0 (age > 500) matches zero visitors",
-        ),
-        (
-            lambda s, t, seg: [
-                "allocate",
-                str(s),
-                "--segments",
-                bad_segments(t, [{"id": 0, "rule": "device > 3"}]),
-            ],
-            "--segments:",
-        ),
+        (allocate_one_rule("device ==="), "segment 0:"),
+        (allocate_one_rule("colour == 'red'"), "colour"),
+        (allocate_one_rule("age > 500"), "segment 0 (age > 500) matches zero visitors"),
+        (allocate_one_rule("device > 3"), "--segments:"),
         (
             lambda s, t, seg: ["allocate", str(s), "--segments", bad_segments(t, [{"rule": "x"}])],
             'item 0 must be {"id": <int>, "rule": "<rule>"}',

@@ -113,15 +113,13 @@ def epsilon_argument(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def open_interval(name: str, high: float = 1.0):
-    """An argparse type: a number in ``(0, high)``.
+def open_interval(name: str):
+    """An argparse type: a number in the open interval (0, 1).
 
     Parameters
     ----------
     name : str
         The quantity's name, for the message.
-    high : float, default 1.0
-        The upper bound (excluded).
 
     Returns
     -------
@@ -134,8 +132,8 @@ def open_interval(name: str, high: float = 1.0):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not 0.0 < value < high or (high == 0.5 and value > 0.5):
-            raise argparse.ArgumentTypeError(f"{name} must be in (0, {high:g}), got {text}")
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1), got {text}")
         return value
 
     return parse
@@ -472,9 +470,7 @@ def read_table(
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(
-                path, dtype=dict.fromkeys(text_columns, object), **CSV_FLOAT_OPTIONS
-            )
+            return pd.read_csv(path, dtype=dict.fromkeys(text_columns, object), **CSV_FLOAT_OPTIONS)
         if suffix in PARQUET_SUFFIXES:
             return pd.read_parquet(path)
     except ImportError as error:
