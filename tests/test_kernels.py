@@ -66,6 +66,34 @@ def test_visitor_atoms_group_identical_patterns():
     np.testing.assert_array_equal(atom_membership[labels[4]], [True, False])
 
 
+@pytest.mark.parametrize(
+    ("n_segments", "n_visitors", "share"),
+    [(1, 50, 0.5), (7, 3_000, 0.3), (12, 20_000, 0.5), (64, 5_000, 0.5), (70, 2_000, 0.05)],
+)
+@pytest.mark.parametrize("few_atoms", [_kernels.FEW_ATOMS, 1])
+def test_visitor_atoms_are_the_distinct_patterns_in_pattern_order(
+    monkeypatch, n_segments, n_visitors, share, few_atoms
+):
+    # few_atoms=1 forces the sort where the hash table would serve: both give one answer.
+    monkeypatch.setattr(_kernels, "FEW_ATOMS", few_atoms)
+    rng = np.random.default_rng(n_segments)
+    membership = rng.random((n_segments, n_visitors)) < share
+    membership[:, :20] = membership[:, 20:40]  # repeated patterns
+    labels, atom_membership = visitor_atoms(membership)
+
+    # The reference: distinct non-empty columns, ordered by np.packbits bytes as words.
+    packed = np.zeros((n_visitors, 8 * -(-n_segments // 64)), dtype=np.uint8)
+    packed[:, : -(-n_segments // 8)] = np.packbits(membership, axis=0).T
+    words = [tuple(row) for row in packed.view(np.uint64)]  # the first word sorts first
+    distinct = sorted({w for w, col in zip(words, membership.T, strict=True) if col.any()})
+    expected = np.array([distinct.index(w) if any(w) else -1 for w in words])
+    np.testing.assert_array_equal(labels, expected)
+    assert atom_membership.shape == (len(distinct), n_segments)
+    for atom in range(len(distinct)):
+        column = membership[:, np.flatnonzero(labels == atom)[0]]
+        np.testing.assert_array_equal(atom_membership[atom], column)
+
+
 def test_non_finite_members_propagate_and_non_members_are_not_read():
     x = np.ones((4, 2))
     x[3, 1] = np.nan

@@ -207,3 +207,56 @@ def test_same_arm_leaves_left_by_rounding_are_merged_bottom_up():
     cascade = split(split(leaf(1, 0, 5), leaf(2, 1, 5)), leaf(3, 0, 5))  # all T1
     merge_same_arm_leaves(cascade, 2)
     assert cascade.is_leaf and cascade.left_bins is None
+
+
+@pytest.mark.parametrize("n_columns", [1, 2, 3, 4, 5, 8, 9])
+def test_node_histograms_add_each_bin_in_visitor_order(n_columns):
+    """The blocked one-pass kernel equals a plain in-order loop, bit for bit, for any columns."""
+    from pytyche.policy_tree._kernels import HISTOGRAM_BLOCK, node_histograms
+
+    rng = np.random.default_rng(n_columns)
+    n_visitors, rows = 3 * HISTOGRAM_BLOCK + 17, 7  # blocks and a partial last block
+    codes = rng.integers(0, rows, size=(4, n_visitors)).astype(np.int32)
+    codes[1] %= 2  # a covariate with few bins
+    scales = 10.0 ** rng.integers(-8, 8, n_visitors)[:, None]  # sums that depend on order
+    values = rng.normal(size=(n_visitors, n_columns)) * scales
+    index = np.sort(rng.choice(n_visitors, size=n_visitors // 2, replace=False))
+    pairs = np.array([[f, g, p] for p, (f, g) in enumerate(itertools.combinations(range(4), 2))])
+
+    expected_hists = np.zeros((4, rows, n_columns))
+    expected_joint = np.zeros((len(pairs), rows, rows, n_columns))
+    for visitor in index:  # the reference: one visitor at a time, in index order
+        for f in range(4):
+            expected_hists[f, codes[f, visitor]] += values[visitor]
+        for f, g, p in pairs:
+            expected_joint[p, codes[f, visitor], codes[g, visitor]] += values[visitor]
+
+    hists, joint = np.zeros_like(expected_hists), np.zeros_like(expected_joint)
+    node_histograms(codes, index, values, np.arange(4), pairs, hists, joint)
+    np.testing.assert_array_equal(hists, expected_hists)
+    np.testing.assert_array_equal(joint, expected_joint)
+
+    # Split between calls (as between threads), each histogram still gets the same sums.
+    hists, joint = np.zeros_like(expected_hists), np.zeros_like(expected_joint)
+    for part in range(3):
+        node_histograms(codes, index, values, np.arange(4)[part::3], pairs[part::3], hists, joint)
+    np.testing.assert_array_equal(hists, expected_hists)
+    np.testing.assert_array_equal(joint, expected_joint)
+
+
+def test_node_histograms_refuse_arrays_they_cannot_write_in_place():
+    from pytyche.policy_tree._kernels import node_histograms
+
+    codes = np.zeros((1, 3), dtype=np.int32)
+    values = np.ones((3, 2))
+    hists = np.zeros((1, 4, 2))
+    no_pairs = np.zeros((0, 3), dtype=np.int64)
+    strided = np.zeros((1, 4, 4))[:, :, ::2]  # (1, 4, 2), not contiguous: writes would be lost
+    with pytest.raises(ValueError, match="C-contiguous"):
+        node_histograms(
+            codes, np.arange(3), values, np.array([0]), no_pairs, strided, np.zeros((0, 4, 4, 2))
+        )
+    with pytest.raises(ValueError, match="4 × 4 codes"):
+        node_histograms(
+            codes, np.arange(3), values, np.array([0]), no_pairs, hists, np.zeros((1, 3, 3, 2))
+        )

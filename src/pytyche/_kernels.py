@@ -238,7 +238,8 @@ def kernel_dtype(dtype: np.dtype) -> np.dtype:
 def visitor_atoms(membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label each visitor with its atom: the set of segments it belongs to.
 
-    Pure: reads ``membership``, returns new arrays.
+    Pure: reads ``membership``, returns new arrays. Atoms come in the order of their
+    patterns (as unsigned 64-bit words), so the result does not depend on visitor order.
 
     Parameters
     ----------
@@ -251,20 +252,30 @@ def visitor_atoms(membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         intp (visitor,) atom of each visitor; -1 for visitors in no segment.
     atom_membership : numpy.ndarray
         Boolean (atom, segment): the segments each atom belongs to.
+
+    Examples
+    --------
+    >>> labels, atoms = visitor_atoms(np.array([[1, 0, 1, 1], [0, 0, 1, 1]], dtype=bool))
+    >>> labels, atoms
+    (array([ 0, -1,  1,  1]), array([[ True, False],
+           [ True,  True]]))
     """
     n_segments, n_visitors = membership.shape
-    # Each visitor's pattern as 64-bit words, so that finding the distinct ones is a sort.
-    n_bytes, n_words = -(-n_segments // 8), -(-n_segments // 64)
-    bits = np.zeros((8 * n_bytes, n_visitors), dtype=np.uint8)
-    bits[:n_segments] = membership
-    # np.packbits(axis=0) does this, but strided and ten times slower.
-    byte_weights = (1 << np.arange(7, -1, -1)).astype(np.uint8)
-    packed = np.zeros((n_visitors, 8 * n_words), dtype=np.uint8)
-    packed[:, :n_bytes] = np.einsum("gbv,b->vg", bits.reshape(n_bytes, 8, n_visitors), byte_weights)
-    words = packed.view(np.uint64)
-    if n_words == 1:
-        patterns, labels = np.unique(words[:, 0], return_inverse=True)
-        patterns = patterns[:, np.newaxis]
+    # Each visitor's pattern as 64-bit words (segment s at bit 7 - s % 8 of byte s // 8, as
+    # np.packbits lays them out), so that finding the distinct ones is a hash or a sort.
+    n_words = max(1, -(-n_segments // 64))
+    words = _pattern_words(np.ascontiguousarray(membership, dtype=bool), n_words)
+    labels, patterns = None, None
+    if words.shape[1] == 1:
+        labels, distinct = _few_distinct(words[:, 0], FEW_ATOMS)
+        if labels is not None:  # few atoms: order the distinct patterns, relabel
+            order = np.argsort(distinct)
+            rank = np.empty(len(order), dtype=np.intp)
+            rank[order] = np.arange(len(order))
+            labels, patterns = rank[labels], distinct[order][:, np.newaxis]
+        else:
+            patterns, labels = np.unique(words[:, 0], return_inverse=True)
+            patterns = patterns[:, np.newaxis]
     else:  # lexicographic sort of the word rows; the all-zero pattern still comes first
         order = np.lexsort(words.T[::-1])
         ordered = words[order]
@@ -279,6 +290,53 @@ def visitor_atoms(membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         labels -= 1
     atom_membership = np.unpackbits(patterns.view(np.uint8), axis=1, count=n_segments)
     return labels, atom_membership.astype(bool)
+
+
+# Up to this many distinct patterns, atoms are found with a small hash table, not a sort.
+FEW_ATOMS = 1024
+
+
+@numba.njit(nogil=True, cache=True)
+def _pattern_words(membership, n_words):
+    # Reads membership (segment, visitor); returns new (visitor, word) uint64 patterns.
+    n_segments, n_visitors = membership.shape
+    words = np.zeros((n_visitors, n_words), dtype=np.uint64)
+    for segment in range(n_segments):
+        word = segment // 64
+        bit = np.uint64(8 * ((segment % 64) // 8) + 7 - segment % 8)
+        flags = membership[segment]
+        for visitor in range(n_visitors):
+            words[visitor, word] |= np.uint64(flags[visitor]) << bit
+    return words
+
+
+@numba.njit(nogil=True, cache=True)
+def _few_distinct(words, limit):
+    # Reads words; returns (labels by first appearance, distinct words), or (None, None) when
+    # there are more than `limit` distinct words. Open addressing in a table of 4 × limit.
+    size = 1
+    while size < 4 * limit:
+        size *= 2
+    keys = np.zeros(size, dtype=np.uint64)
+    slots = np.full(size, -1, dtype=np.intp)
+    distinct = np.empty(limit, dtype=np.uint64)
+    labels = np.empty(words.size, dtype=np.intp)
+    n_distinct = 0
+    shift = np.uint64(64 - int(np.log2(size)))
+    for visitor in range(words.size):
+        word = words[visitor]
+        slot = np.intp((word * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+        while slots[slot] >= 0 and keys[slot] != word:
+            slot = (slot + 1) & (size - 1)
+        if slots[slot] < 0:
+            if n_distinct == limit:
+                return None, None
+            keys[slot] = word
+            slots[slot] = n_distinct
+            distinct[n_distinct] = word
+            n_distinct += 1
+        labels[visitor] = slots[slot]
+    return labels, distinct[:n_distinct]
 
 
 def atom_sums_block(factors: tuple[np.ndarray, ...], labels: np.ndarray, atom_sums: np.ndarray):

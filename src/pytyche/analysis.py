@@ -9,11 +9,14 @@ import xarray as xr
 from ._kernels import apply_exploration_floor
 from ._validate import check_probability
 from .decisions import recommend
+from .reduction import segment_sums
 from .results import BCFResult, check_variant_labels
 from .segments import membership
 from .statistics import (
     Segments,
     check_members,
+    means_from_sums,
+    member_counts,
     posterior_and_membership,
     segment_statistics,
     win_counts,
@@ -111,8 +114,9 @@ def thompson_allocation(
     decision is open.
 
     Every (chain, draw) pair votes once; ties go to the earlier arm. On a dask-backed posterior
-    the call builds one graph (member counts, non-finite check and win counts) and computes it
-    once; the floor is then applied in numpy to the small (segment, arm) result.
+    the call builds one graph (member counts and the segments' sums of every draw) and
+    computes it once; the non-finite check, the votes and the floor then run in numpy on the
+    small (segment, draw, arm) sums.
 
     Parameters
     ----------
@@ -167,21 +171,23 @@ def thompson_allocation(
         "epsilon", epsilon, why=": the floor epsilon / K per arm can only sum to at most 1"
     )
     result, member = posterior_and_membership(posterior, segments)
-    means, members, valid = segment_statistics(result, member, check_empty=True)
-    wins = win_counts(means, result.sample_dims)
+    members = member_counts(member, check_empty=True)
+    sums = segment_sums(result, member)
     # Labels of a lazily opened store are checked in the same compute as everything else.
     arms = list(result.variants)
     variant = result.dataset.coords["variant"]
     unknown_labels = (~variant.isin(arms)).sum() if variant.chunks else 0
-    wins, members, valid, unknown_labels = dask.compute(wins, members, valid, unknown_labels)
+    # One compute, of the pass only: the rest works on (segment, sample, arm) sums, small
+    # next to the posterior, in numpy (each lazy step would cost graph time, not work).
+    sums, members, unknown_labels = dask.compute(sums, members, unknown_labels)
 
     if unknown_labels:
         check_variant_labels(pd.unique(variant.values.ravel()), arms)
+    means, valid = means_from_sums(sums, members)
     check_members(member, members.values, valid.values)
+    wins = win_counts(means, result.sample_dims)
     weights = apply_exploration_floor(wins.values / result.n_samples, epsilon)
     return {
         int(segment_id): dict(zip(arms, row.tolist(), strict=True))
         for segment_id, row in zip(member["segment"].values, weights, strict=True)
     }
-
-

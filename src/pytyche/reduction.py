@@ -133,7 +133,7 @@ def _dask_segment_sums(factors, membership):
                 meta=meta,
                 n_atoms=n_atoms,
             )
-            atom_totals = partials.sum(axis=0, dtype=np.float64)
+            atom_totals = _tree_sum(partials)
             n_segments = atom_membership.shape[1]
             return atom_totals.map_blocks(
                 _block_atoms_to_segments,
@@ -154,7 +154,38 @@ def _dask_segment_sums(factors, membership):
         dtype=np.float64,
         meta=meta,
     )
-    return partials.sum(axis=0, dtype=np.float64)
+    return _tree_sum(partials)
+
+
+def _tree_sum(partials: da.Array) -> da.Array:
+    """Sum float64 partials (one per visitor chunk, along axis 0) in a tree, in place.
+
+    ``partials.sum(axis=0)`` concatenates each group of partials before adding them, a copy
+    of every partial (megabytes each, at many segments and draws) on the serial path of
+    every allocation; here each group's sum is one new array the others are added into.
+    """
+    return da.reduction(
+        partials,
+        chunk=_keep_block,
+        combine=_add_blocks,
+        aggregate=_add_blocks,
+        axis=0,
+        dtype=np.float64,
+        concatenate=False,
+        meta=np.empty((0,) * (partials.ndim - 1), dtype=np.float64),
+    )
+
+
+def _keep_block(block, axis, keepdims):
+    return block
+
+
+def _add_blocks(blocks, axis, keepdims):
+    # The blocks of one group, in chunk order: added left to right, as numpy's sum would.
+    total = np.add(blocks[0], blocks[1]) if len(blocks) > 1 else blocks[0].copy()
+    for block in blocks[2:]:
+        total += block
+    return total if keepdims else total[0]
 
 
 def _block_segment_sums(*blocks):

@@ -107,12 +107,15 @@ class BCFResult:
         """
         if "variant" not in self._dataset.coords:
             return None
-        names = [
-            name
-            for name, coord in self._dataset.coords.items()
-            if coord.dims == (VISITOR,) and name != VISITOR
-        ]
-        observed = xr.Dataset({name: self._dataset.coords[name].variable for name in names})
+        # Variables, not DataArrays: a DataArray per coordinate costs milliseconds at dozens
+        # of covariates, on every call that reads the covariates.
+        observed = xr.Dataset(
+            {
+                name: variable
+                for name, variable in self._dataset.coords.variables.items()
+                if variable.dims == (VISITOR,) and name != VISITOR
+            }
+        )
         if VISITOR in self._dataset.indexes:
             observed = observed.assign_coords({VISITOR: self._dataset.indexes[VISITOR]})
         return observed
@@ -123,8 +126,11 @@ class BCFResult:
         Transposed lazily to the visitor-major layout the reductions stream over.
         """
         order = (VISITOR, *self.sample_dims, ARM)
+        variables = self._dataset.variables
+        # Only the dimension coordinates: not a DataArray with every covariate, then dropped.
+        coords = {dim: variables[dim] for dim in order if dim in self._dataset.indexes}
         return tuple(
-            self._dataset[name].transpose(*order).reset_coords(drop=True)
+            xr.DataArray(variables[name].transpose(*order), coords=coords, name=name)
             for name in self.metric_variables
         )
 

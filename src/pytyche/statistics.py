@@ -22,6 +22,8 @@ __all__ = [
     "Segments",
     "check_members",
     "indicator_ess",
+    "means_from_sums",
+    "member_counts",
     "posterior_and_membership",
     "segment_statistics",
     "whole_samples",
@@ -89,16 +91,34 @@ def segment_statistics(
     ValueError
         With ``check_empty``, for a segment without members (as :func:`check_members`).
     """
+    members = member_counts(member, check_empty)
+    means, valid = means_from_sums(segment_sums(result, member), members)
+    return means, members, valid
+
+
+def member_counts(member: xr.DataArray, check_empty: bool = False) -> xr.DataArray:
+    """int64 (segment,) member counts, lazy when the membership is.
+
+    With ``check_empty`` and the membership in memory, raise ValueError for a segment without
+    members (as :func:`check_members`), before any pass over the posterior.
+    """
     members = member.sum("visitor", dtype=np.int64).rename("members")
     if check_empty and members.chunks is None:
         check_members(member, members.values)
-    sums = segment_sums(result, member)
+    return members
+
+
+def means_from_sums(sums: xr.DataArray, members: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Segment means, NaN where unusable, and the (segment,) "usable" flag, from the sums.
+
+    A segment is usable when it has members and every sum of its members' draws is finite.
+    """
     # Empty or non-finite segments become NaN before any arithmetic that would warn on them.
     # numpy's stubs type a ufunc of a DataArray as an ndarray; __array_ufunc__ keeps the DataArray.
     finite = cast(xr.DataArray, np.isfinite(sums))
     valid = finite.all([d for d in sums.dims if d != "segment"]) & (members > 0)
     means = (sums / members.where(members > 0)).where(valid).rename("segment_mean")
-    return means, members, valid
+    return means, valid
 
 
 def win_counts(means: xr.DataArray, sample_dims: Sequence[str]) -> xr.DataArray:

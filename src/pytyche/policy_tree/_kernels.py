@@ -17,69 +17,122 @@ __all__ = [
     "best_depth1",
     "best_depth2",
     "best_exact3",
-    "histogram",
-    "pair_histogram",
+    "node_histograms",
     "posterior_mean_block",
 ]
 
 
-@numba.njit(nogil=True, cache=True)
-def _histogram(codes, index, values, out):
-    for position in range(index.size):
-        visitor = index[position]
-        row = codes[visitor]
-        for column in range(values.shape[1]):
-            out[row, column] += values[visitor, column]
+# Visitors are gathered this many at a time into a small local copy (their codes and rows),
+# which every histogram of the node then reads from cache: one pass over the node's visitors,
+# not one per covariate and pair.
+HISTOGRAM_BLOCK = 2048
 
 
 @numba.njit(nogil=True, cache=True)
-def _pair_histogram(codes_a, codes_b, index, values, out):
-    for position in range(index.size):
-        visitor = index[position]
-        a = codes_a[visitor]
-        b = codes_b[visitor]
-        for column in range(values.shape[1]):
-            out[a, b, column] += values[visitor, column]
+def _node_histograms(codes, index, values, features, pairs, hists, joint):
+    n_columns = values.shape[1]
+    n_rows = hists.shape[1]
+    block = min(HISTOGRAM_BLOCK, max(index.size, 1))
+    block_codes = np.empty((codes.shape[0], block), dtype=np.int32)
+    block_rows = np.empty((block, n_columns))
+    unrolled = n_columns - n_columns % 4
+    n_jobs = features.size + pairs.shape[0]
+    for start in range(0, index.size, block):
+        n = min(block, index.size - start)
+        for i in range(n):
+            visitor = index[start + i]
+            for c in range(n_columns):
+                block_rows[i, c] = values[visitor, c]
+            for f in range(codes.shape[0]):
+                block_codes[f, i] = codes[f, visitor]
+        for job in range(n_jobs):
+            # A covariate's histogram is a pair histogram whose first code is always 0.
+            if job < features.size:
+                out = hists[features[job]]
+                first = block_codes[features[job]]
+                second = first
+                scale = 0
+            else:
+                pair = job - features.size
+                out = joint[pairs[pair, 2]]
+                first = block_codes[pairs[pair, 0]]
+                second = block_codes[pairs[pair, 1]]
+                scale = n_rows
+            for i in range(n):
+                cell = first[i] * scale + second[i]
+                # Four columns at a time, written out: the compiler adds them as one vector.
+                for c in range(0, unrolled, 4):
+                    out[cell, c] += block_rows[i, c]
+                    out[cell, c + 1] += block_rows[i, c + 1]
+                    out[cell, c + 2] += block_rows[i, c + 2]
+                    out[cell, c + 3] += block_rows[i, c + 3]
+                for c in range(unrolled, n_columns):
+                    out[cell, c] += block_rows[i, c]
 
 
-def histogram(codes: np.ndarray, index: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
-    """Add the rows of `values` of the visitors in `index` into `out`, by their code.
+def node_histograms(
+    codes: np.ndarray,
+    index: np.ndarray,
+    values: np.ndarray,
+    features: np.ndarray,
+    pairs: np.ndarray,
+    hists: np.ndarray,
+    joint: np.ndarray,
+) -> None:
+    """Add the rows of the visitors in `index` into per-bin and per-pair-of-bins histograms.
+
+    One pass over the visitors, a block at a time; each histogram adds its visitors in
+    `index` order, so the sums do not depend on which histograms share a call. Reads
+    `codes`, `index`, `values`, `features` and `pairs`; writes only the histograms named in
+    `features` and `pairs`, by adding into them.
 
     Parameters
     ----------
     codes : numpy.ndarray
-        int32 (visitor,) bin code of every visitor, in ``[0, len(out))``.
+        int32 (covariate, visitor) bin codes, each in ``[0, hists.shape[1])`` (not checked:
+        the binning makes them so).
     index : numpy.ndarray
         int64 positions of the visitors to include.
     values : numpy.ndarray
         float64 (visitor, column), C-contiguous.
-    out : numpy.ndarray
-        float64 (code, column), added to in place (a view of a larger array works).
+    features : numpy.ndarray
+        int64 covariates whose histogram ``hists[f]`` to build.
+    pairs : numpy.ndarray
+        int64 (k, 3) rows ``(f, g, p)``: build ``joint[p]``, by the codes of f and g.
+    hists : numpy.ndarray
+        float64 (covariate, code, column), C-contiguous, added to in place.
+    joint : numpy.ndarray
+        float64 (pair, code of f, code of g, column), C-contiguous, added to in place.
+
+    Raises
+    ------
+    ValueError
+        When a histogram array is not C-contiguous or `joint` does not match `hists`.
+
+    Examples
+    --------
+    >>> codes = np.array([[0, 1, 1], [1, 1, 0]], dtype=np.int32)
+    >>> values = np.array([[1.0, 1.0], [2.0, 1.0], [4.0, 1.0]])
+    >>> hists, joint = np.zeros((2, 2, 2)), np.zeros((1, 2, 2, 2))
+    >>> node_histograms(codes, np.arange(3), values, np.array([0]),
+    ...                 np.array([[0, 1, 0]]), hists, joint)
+    >>> hists[0, :, 0], joint[0, 1, :, 0]
+    (array([1., 6.]), array([4., 2.]))
     """
-    _histogram(codes, index, values, out)
-
-
-def pair_histogram(
-    codes_a: np.ndarray,
-    codes_b: np.ndarray,
-    index: np.ndarray,
-    values: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """Add the rows of `values` of the visitors in `index` into `out`, by their pair of codes.
-
-    Parameters
-    ----------
-    codes_a, codes_b : numpy.ndarray
-        int32 (visitor,) bin codes of two covariates.
-    index : numpy.ndarray
-        int64 positions of the visitors to include.
-    values : numpy.ndarray
-        float64 (visitor, column), C-contiguous.
-    out : numpy.ndarray
-        float64 (code a, code b, column), added to in place.
-    """
-    _pair_histogram(codes_a, codes_b, index, values, out)
+    rows = hists.shape[1]
+    if not (hists.flags.c_contiguous and joint.flags.c_contiguous):
+        raise ValueError("node_histograms writes into C-contiguous histograms only")
+    if joint.size and joint.shape[1:3] != (rows, rows):
+        raise ValueError(f"joint histograms must have {rows} × {rows} codes, got {joint.shape}")
+    _node_histograms(
+        codes,
+        index,
+        values,
+        features,
+        pairs,
+        hists,
+        joint.reshape(len(joint), rows * rows, values.shape[1]),
+    )
 
 
 @numba.njit(nogil=True, cache=True)

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._config import worker_threads
-from ._kernels import best_depth1, best_depth2, best_exact3, histogram, pair_histogram
+from ._kernels import best_depth1, best_depth2, best_exact3, node_histograms
 from .binning import Feature
 
 __all__ = [
@@ -279,30 +279,30 @@ class Search:
         (pair, bin, bin, column): per pair of distinct covariates f < g (``pair_ids``), the
         sums per pair of bins; without, an empty array.
         """
-        features = self.features
+        layout = self.layout
         rows, columns = self.rows, self.values.shape[1]
-        hists = np.zeros((len(features), rows, columns))
+        hists = np.zeros((len(self.features), rows, columns))
         joint = np.zeros((len(self.pairs) if pairs else 0, rows, rows, columns))
-        jobs: list[tuple[int, ...]] = [(f,) for f in range(len(features))]
-        if pairs:
-            jobs += self.pairs
+        features = np.arange(len(self.features), dtype=np.int64)
+        pair_jobs = np.column_stack([layout.pairs, np.arange(len(layout.pairs))])[: len(joint)]
+        threads = min(self.threads, len(features) + len(pair_jobs))
+        if index.size < THREADED_VISITORS or threads < 2:
+            node_histograms(layout.codes, index, self.values, features, pair_jobs, hists, joint)
+            return hists, joint
 
-        def run(job: tuple[int, ...]) -> None:
-            a = features[job[0]]
-            if len(job) == 1:
-                histogram(a.codes, index, self.values, hists[job[0], : a.n_bins + 1])
-                return
-            b = features[job[1]]
-            out = joint[self.pair_ids[job], : a.n_bins + 1, : b.n_bins + 1]
-            pair_histogram(a.codes, b.codes, index, self.values, out)
+        def run(part: int) -> None:  # every thread reads all visitors, for its histograms
+            node_histograms(
+                layout.codes,
+                index,
+                self.values,
+                features[part::threads],
+                pair_jobs[part::threads],
+                hists,
+                joint,
+            )
 
-        threads = min(self.threads, len(jobs))
-        if index.size >= THREADED_VISITORS and threads > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(run, jobs))
-        else:
-            for job in jobs:
-                run(job)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, range(threads)))
         return hists, joint
 
     def _leaf_of(
