@@ -377,6 +377,42 @@ def test_object_columns_are_checked_from_their_values(clause, values, pattern):
         clause.evaluate(np.array(values, dtype=object))
 
 
+def test_membership_of_text_objects_equals_each_clause_on_the_column():
+    # membership compares an object text column's distinct values once, then looks answers
+    # up by code: it must give exactly what each clause gives on the column itself.
+    rng = np.random.default_rng(0)
+    levels = np.array(["mobile", "desktop", "tablet", "", "Mobile", None, np.nan, pd.NA], object)
+    observed = xr.Dataset(
+        {"device": ("visitor", levels[rng.integers(0, len(levels), 5_000)])},
+    )
+    rules = {
+        0: "device == 'mobile'",
+        1: "device != 'mobile'",
+        2: "device in ('desktop', '')",
+        3: "device not in ('tablet', 'mobile')",
+        4: "device == 'absent'",
+    }
+    got = membership(rules, observed).values
+    for row, text in zip(got, rules.values(), strict=True):
+        (clause,) = SegmentRule.parse(text).clauses
+        np.testing.assert_array_equal(row, clause.evaluate(observed["device"].values))
+    assert got.any(axis=1)[:4].all()  # the checks compare non-trivial rows
+
+
+@pytest.mark.parametrize(
+    ("values", "pattern"),
+    [
+        (["a", 1], r"holds values of kinds"),
+        ([1, True, 1.0], r"holds values of kinds"),  # equal across types: not merged away
+        ([b"a", "a"], r"holds values of kinds"),
+    ],
+)
+def test_membership_still_refuses_mixed_object_columns(values, pattern):
+    observed = xr.Dataset({"x": ("visitor", np.array(values * 10, dtype=object))})
+    with pytest.raises(TypeError, match=pattern):
+        membership({0: "x == 1"}, observed)
+
+
 @pytest.mark.parametrize(
     ("clause", "dtype", "pattern"),
     [
