@@ -377,14 +377,17 @@ def test_object_columns_are_checked_from_their_values(clause, values, pattern):
         clause.evaluate(np.array(values, dtype=object))
 
 
-def test_membership_of_text_objects_equals_each_clause_on_the_column():
-    # membership compares an object text column's distinct values once, then looks answers
-    # up by code: it must give exactly what each clause gives on the column itself.
+@pytest.mark.parametrize("string_dtype", [False, True])
+def test_membership_of_text_objects_equals_each_clause_on_the_column(string_dtype):
+    # membership compares a text column's distinct values once (object or StringDType), then
+    # looks answers up by code: it must give exactly what each clause gives on the column.
     rng = np.random.default_rng(0)
     levels = np.array(["mobile", "desktop", "tablet", "", "Mobile", None, np.nan, pd.NA], object)
-    observed = xr.Dataset(
-        {"device": ("visitor", levels[rng.integers(0, len(levels), 5_000)])},
-    )
+    column = levels[rng.integers(0, len(levels), 5_000)]
+    if string_dtype:
+        column = np.where(pd.isna(column), np.nan, column)
+        column = column.astype(np.dtypes.StringDType(na_object=np.nan))
+    observed = xr.Dataset({"device": ("visitor", column)})
     rules = {
         0: "device == 'mobile'",
         1: "device != 'mobile'",

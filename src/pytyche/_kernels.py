@@ -35,6 +35,8 @@ import numpy as np
 
 # Below this many visitors per atom, a block adds rows into segments directly.
 MIN_VISITORS_PER_ATOM = 4
+# Up to this many distinct patterns, atoms are found with a small hash table, not a sort.
+FEW_ATOMS = 1024
 
 __all__ = [
     "apply_exploration_floor",
@@ -265,7 +267,6 @@ def visitor_atoms(membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # np.packbits lays them out), so that finding the distinct ones is a hash or a sort.
     n_words = max(1, -(-n_segments // 64))
     words = _pattern_words(np.ascontiguousarray(membership, dtype=bool), n_words)
-    labels, patterns = None, None
     if words.shape[1] == 1:
         labels, distinct = _few_distinct(words[:, 0], FEW_ATOMS)
         if labels is not None:  # few atoms: order the distinct patterns, relabel
@@ -290,10 +291,6 @@ def visitor_atoms(membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         labels -= 1
     atom_membership = np.unpackbits(patterns.view(np.uint8), axis=1, count=n_segments)
     return labels, atom_membership.astype(bool)
-
-
-# Up to this many distinct patterns, atoms are found with a small hash table, not a sort.
-FEW_ATOMS = 1024
 
 
 @numba.njit(nogil=True, cache=True)

@@ -1043,9 +1043,13 @@ class _TextCodes(NamedTuple):
     @classmethod
     def of(cls, column: Any) -> Any:
         """The column as codes when it holds text as objects; else the column itself."""
-        if getattr(column, "dtype", None) != np.dtype(object):
+        kind = getattr(getattr(column, "dtype", None), "kind", None)
+        if kind not in ("O", "T"):  # fixed-width text and numbers compare fast as they are
             return column
-        codes, uniques = pd.factorize(np.asarray(column), use_na_sentinel=True)
+        # numpy's StringDType as objects, as Clause.evaluate reads it (its missing marker too).
+        codes, uniques = pd.factorize(
+            np.asarray(column).astype(object, copy=False), use_na_sentinel=True
+        )
         uniques = np.asarray(uniques, dtype=object)
         # Only all-text columns: factorizing merges values that compare equal across types
         # (1, 1.0 and True), which would hide a mixed column that the rules must refuse.
