@@ -56,26 +56,57 @@ import numpy as np
 FAMILIES = ("binary", "continuous", "hurdle")
 ARM_SETS = {2: ("control", "A"), 3: ("control", "A", "B")}
 CONFIGS = tuple((family, k) for family in FAMILIES for k in ARM_SETS)
+# The realistic configuration: a 3-arm e-mail test, hurdle spend (scenario "email").
+EMAIL = ("email", 3)
+# Table rows: each configuration, then "all" (the six segmented configurations pooled).
+TABLE_ROWS = (*CONFIGS, EMAIL, ("all", 0))
+Z_CI = 1.2815515655446004  # the normal quantile of 0.9: an 80% interval is ±Z_CI sd
+
+
+def config_of(rec: dict) -> tuple[str, int]:
+    return EMAIL if rec.get("scenario") == "email" else (rec["family"], rec["k"])
+
+
+def in_row(config: tuple[str, int], row: tuple[str, int]) -> bool:
+    return config == row or (row[0] == "all" and config != EMAIL)
+
+
+def planted(rec: dict) -> list[dict]:
+    """The planted segments of a record (not the whole population)."""
+    return [seg for seg in rec["segments"] if not seg.get("population")]
+
+
+def side(records: list[dict], key: str) -> list[dict]:
+    """The records with ``segments`` taken from ``key``: "segments" (after), "raw_segments"."""
+    return [{**rec, "segments": rec[key]} for rec in records]
 CI = 0.8
+CI_WIDE = 0.95
 N_BINS = 10
 
 
 def run_one(task: dict) -> dict:
-    """Simulate, fit and summarize one experiment; return its record (plain JSON types)."""
+    """Simulate, fit and summarize one experiment; return its record (plain JSON types).
+
+    One fit gives both sides: the forests' own posterior (``correction=None``, "before") and
+    its doubly robust correction (``pt.doubly_robust``, the default of ``pt.fit``, "after"),
+    so before and after share the simulation, the seed and the forests.
+    """
     import dask
 
     import pytyche as pt
 
     family, k, seed = task["family"], task["k"], task["seed"]
+    scenario = task.get("scenario", "segmented")
     arms = ARM_SETS[k]
     observed, truth = pt.simulate_experiment(
-        task["visitors"], arms=arms, family=family, scenario="segmented", seed=seed
+        task["visitors"], arms=arms, family=family, scenario=scenario, seed=seed
     )
-    segments = pt.planted_segments()
+    segments = pt.planted_segments(scenario)
+    everyone = pt.DiscoveredSegment(len(segments), "everyone")
     start = time.perf_counter()
     cpu = time.process_time()
     with dask.config.set(scheduler="synchronous"):
-        result = pt.fit(
+        raw = pt.fit(
             observed,
             family=family,
             n_draws=task["draws"],
@@ -86,46 +117,88 @@ def run_one(task: dict) -> dict:
             num_threads=1,
             seed=seed,
             progress=False,
+            correction=None,
         )
-        summary = pt.segment_summary(result, segments, ci=CI).compute()
-    fit_seconds = time.perf_counter() - start
-    fit_cpu = time.process_time() - cpu
-
-    member = np.asarray(pt.membership(segments, observed).values, dtype=bool)
+        fit_seconds = time.perf_counter() - start
+        fit_cpu = time.process_time() - cpu
+        corrected = pt.doubly_robust(raw, seed=seed)
+        sides = {
+            name: summaries(result, [*segments, everyone])
+            for name, result in (("raw", raw), ("dr", corrected))
+        }
+    member = np.asarray(pt.membership([*segments, everyone], observed).values, dtype=bool)
     metric = np.asarray(truth["metric"].transpose("visitor", "arm").values, dtype=np.float64)
-    summary_arms = [str(a) for a in summary["arm"].values]
-    assert summary_arms == list(arms), (summary_arms, arms)
-    records = []
-    for i, segment in enumerate(segments):
+    outcome = observed["outcome"].values.astype(np.float64)
+    code = {arm: i for i, arm in enumerate(arms)}
+    served = np.array([code[v] for v in observed["variant"].values.astype(str)])
+    records: dict[str, list[dict]] = {"raw": [], "dr": [], "dim": []}
+    for i, segment in enumerate([*segments, everyone]):
         rows = member[i]
         true_metric = metric[rows].mean(axis=0)
-        true_contrast = true_metric - true_metric[0]
-        row = summary.sel(segment=segment.id)
-        records.append(
-            {
-                "segment": int(segment.id),
-                "rule": str(segment.rule),
-                "members": int(rows.sum()),
-                "summary_members": int(row["members"].values),
-                "true_metric": true_metric.tolist(),
-                "true_contrast": true_contrast.tolist(),
-                # The allocation's vote, applied to the truth: the largest positive contrast,
-                # else control (ties to the earlier arm, as np.argmax).
-                "true_best": int(np.argmax(true_metric)),
-                "prob_best": row["prob_best"].values.astype(float).tolist(),
-                "prob_best_mcse": row["prob_best_mcse"].values.astype(float).tolist(),
-                "contrast": row["contrast"].values.astype(float).tolist(),
-                "contrast_lower": row["contrast_lower"].values.astype(float).tolist(),
-                "contrast_upper": row["contrast_upper"].values.astype(float).tolist(),
-            }
-        )
+        common = {
+            "segment": int(segment.id),
+            "rule": str(segment.rule),
+            "population": segment is everyone,
+            "members": int(rows.sum()),
+            "true_metric": true_metric.tolist(),
+            "true_contrast": (true_metric - true_metric[0]).tolist(),
+            # The allocation's vote, applied to the truth: the largest positive contrast,
+            # else control (ties to the earlier arm, as np.argmax).
+            "true_best": int(np.argmax(true_metric)),
+        }
+        for name, tables in sides.items():
+            records[name].append({**common, **side_record(tables, segment.id)})
+        records["dim"].append({**common, **difference_in_means(outcome[rows], served[rows], k)})
     return {
         **task,
         "arms": list(arms),
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds": fit_cpu,
-        "segments": records,
+        "segments": records["dr"],
+        "raw_segments": records["raw"],
+        "dim_segments": records["dim"],
     }
+
+
+def summaries(result, segments) -> dict:
+    import pytyche as pt
+
+    return {ci: pt.segment_summary(result, segments, ci=ci).compute() for ci in (CI, CI_WIDE)}
+
+
+def side_record(tables: dict, segment_id: int) -> dict:
+    row, wide = (tables[ci].sel(segment=segment_id) for ci in (CI, CI_WIDE))
+
+    def values(table, name):
+        return table[name].values.astype(float).tolist()
+
+    return {
+        "summary_members": int(row["members"].values),
+        "prob_best": values(row, "prob_best"),
+        "prob_best_mcse": values(row, "prob_best_mcse"),
+        "contrast": values(row, "contrast"),
+        "contrast_lower": values(row, "contrast_lower"),
+        "contrast_upper": values(row, "contrast_upper"),
+        "contrast_lower_95": values(wide, "contrast_lower"),
+        "contrast_upper_95": values(wide, "contrast_upper"),
+    }
+
+
+def difference_in_means(outcome: np.ndarray, served: np.ndarray, k: int) -> dict:
+    """The randomized baseline: each arm's mean minus control's, with normal intervals."""
+    from scipy.special import ndtri
+
+    means = np.array([outcome[served == a].mean() for a in range(k)])
+    var = np.array([outcome[served == a].var(ddof=1) / (served == a).sum() for a in range(k)])
+    contrast = means - means[0]
+    se = np.sqrt(var + var[0])
+    se[0] = 0.0
+    out = {"contrast": contrast.tolist(), "contrast_se": se.tolist()}
+    for suffix, level in (("", CI), ("_95", CI_WIDE)):
+        z = float(ndtri(0.5 + level / 2))
+        out[f"contrast_lower{suffix}"] = (contrast - z * se).tolist()
+        out[f"contrast_upper{suffix}"] = (contrast + z * se).tolist()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,14 +209,14 @@ def reliability_pairs(records: list[dict]):
     """(p, truly best, experiment index, family, K) for every experiment × segment × arm."""
     p, hit, cluster, config = [], [], [], []
     for n, rec in enumerate(records):
-        for seg in rec["segments"]:
+        for seg in planted(rec):
             for arm, prob in enumerate(seg["prob_best"]):
                 if not math.isfinite(prob):
                     continue
                 p.append(prob)
                 hit.append(arm == seg["true_best"])
                 cluster.append(n)
-                config.append((rec["family"], rec["k"]))
+                config.append(config_of(rec))
     return np.array(p, float), np.array(hit, bool), np.array(cluster, int), config
 
 
@@ -157,9 +230,10 @@ def coverage_pairs(records: list[dict]) -> list[dict]:
     """
     rows = []
     for n, rec in enumerate(records):
-        for seg in rec["segments"]:
+        for seg in planted(rec):
             for arm in range(1, len(seg["true_contrast"])):
                 lo, up = seg["contrast_lower"][arm], seg["contrast_upper"][arm]
+                lo95, up95 = seg["contrast_lower_95"][arm], seg["contrast_upper_95"][arm]
                 true = seg["true_contrast"][arm]
                 if not (math.isfinite(lo) and math.isfinite(up)):
                     continue
@@ -168,13 +242,19 @@ def coverage_pairs(records: list[dict]) -> list[dict]:
                 rows.append(
                     {
                         "covered": lo <= true <= up,
+                        "covered_95": lo95 <= true <= up95,
+                        # Standardized error: (centre - truth) / sd, sd from the 80% interval.
+                        "error_z": ((lo + up) / 2.0 - true) / (half / Z_CI) if half > 0 else 0.0,
+                        "width": up - lo,
                         "above": above,
                         "below": below,
                         "toward_zero": (above and true > 0) or (below and true < 0),
                         "z": abs(true - (lo + up) / 2.0) / half if half > 0 else math.inf,
                         "experiment": n,
+                        "config": config_of(rec),
                         "family": rec["family"],
                         "k": rec["k"],
+                        "scenario": rec.get("scenario", "segmented"),
                         "segment": seg["segment"],
                         "rule": seg["rule"],
                         "arm": rec["arms"][arm],
@@ -242,14 +322,99 @@ def coverage_row(chosen: list[dict]) -> dict:
         ),
         # Widen every interval about its centre by this factor to cover 80% of truths.
         "widen_for_nominal": float(np.quantile([r["z"] for r in chosen], CI)),
+        "coverage_95": float(np.mean([r["covered_95"] for r in chosen])),
+        # Bias in standard errors: the mean of (centre - truth) / sd, and its standard error.
+        "bias_z": float(np.mean([r["error_z"] for r in chosen])),
+        "bias_z_se": float(np.std([r["error_z"] for r in chosen], ddof=1) / math.sqrt(n))
+        if n > 1
+        else math.nan,
     }
+
+
+def sharpness_table(records: list[dict]) -> list[dict]:
+    """Median interval width of each side against the per-segment difference in means."""
+    table = []
+    for family, k in TABLE_ROWS:
+        ratios: dict[str, list[float]] = {"dr": [], "raw": []}
+        for rec in records:
+            if not in_row(config_of(rec), (family, k)):
+                continue
+            for key, name in (("segments", "dr"), ("raw_segments", "raw")):
+                for seg, dim in zip(rec[key], rec["dim_segments"], strict=True):
+                    if seg.get("population"):
+                        continue
+                    for arm in range(1, rec["k"]):
+                        width = seg["contrast_upper"][arm] - seg["contrast_lower"][arm]
+                        baseline = dim["contrast_upper"][arm] - dim["contrast_lower"][arm]
+                        ratios[name].append(width / baseline)
+        if ratios["dr"]:
+            table.append(
+                {
+                    "family": family,
+                    "k": k,
+                    "contrasts": len(ratios["dr"]),
+                    "dr_over_dim": float(np.median(ratios["dr"])),
+                    "raw_over_dim": float(np.median(ratios["raw"])),
+                }
+            )
+    return table
+
+
+def population_table(records: list[dict]) -> list[dict]:
+    """The whole-population lift of each treatment: truth, difference in means, both sides."""
+    table = []
+    for family, k in TABLE_ROWS:
+        rows = []
+        for rec in records:
+            if not in_row(config_of(rec), (family, k)):
+                continue
+            [dim] = [seg for seg in rec["dim_segments"] if seg.get("population")]
+            [dr] = [seg for seg in rec["segments"] if seg.get("population")]
+            [raw] = [seg for seg in rec["raw_segments"] if seg.get("population")]
+            for arm in range(1, rec["k"]):
+                se = dim["contrast_se"][arm]
+                rows.append(
+                    (
+                        dim["true_contrast"][arm],
+                        dim["contrast"][arm],
+                        raw["contrast"][arm],
+                        dr["contrast"][arm],
+                        (raw["contrast"][arm] - dim["contrast"][arm]) / se,
+                        (dr["contrast"][arm] - dim["contrast"][arm]) / se,
+                        raw["contrast_lower_95"][arm] <= dim["true_contrast"][arm]
+                        <= raw["contrast_upper_95"][arm],
+                        dr["contrast_lower_95"][arm] <= dim["true_contrast"][arm]
+                        <= dr["contrast_upper_95"][arm],
+                    )
+                )
+        if not rows:
+            continue
+        values = np.array(rows, dtype=float)
+        true, dim_mean, raw_mean, dr_mean = values[:, :4].mean(axis=0)
+        table.append(
+            {
+                "family": family,
+                "k": k,
+                "lifts": len(rows),
+                "true": float(true),
+                "dim": float(dim_mean),
+                "raw": float(raw_mean),
+                "dr": float(dr_mean),
+                # Mean distance from the difference in means, in its standard errors.
+                "raw_minus_dim_se": float(values[:, 4].mean()),
+                "dr_minus_dim_se": float(values[:, 5].mean()),
+                "raw_coverage_95": float(values[:, 6].mean()),
+                "dr_coverage_95": float(values[:, 7].mean()),
+            }
+        )
+    return table
 
 
 def coverage_table(records: list[dict]) -> list[dict]:
     rows = coverage_pairs(records)
     table = []
-    for family, k in [*CONFIGS, ("all", 0)]:
-        chosen = [r for r in rows if family == "all" or (r["family"], r["k"]) == (family, k)]
+    for family, k in TABLE_ROWS:
+        chosen = [r for r in rows if in_row(r["config"], (family, k))]
         if chosen:
             table.append({"family": family, "k": k, **coverage_row(chosen)})
     return table
@@ -258,10 +423,10 @@ def coverage_table(records: list[dict]) -> list[dict]:
 def coverage_by_segment(records: list[dict]) -> list[dict]:
     """Coverage per planted segment and treatment arm, all families and K pooled."""
     rows = coverage_pairs(records)
-    keys = sorted({(r["segment"], r["rule"], r["arm"]) for r in rows})
+    keys = sorted({(r["scenario"], r["segment"], r["rule"], r["arm"]) for r in rows})
     table = []
-    for segment, rule, arm in keys:
-        chosen = [r for r in rows if (r["segment"], r["arm"]) == (segment, arm)]
+    for _, segment, rule, arm in keys:
+        chosen = [r for r in rows if (r["rule"], r["arm"]) == (rule, arm)]
         table.append({"segment": segment, "rule": rule, "arm": arm, **coverage_row(chosen)})
     return table
 
@@ -270,8 +435,8 @@ def per_config_table(records: list[dict]) -> list[dict]:
     p, hit, _, config = reliability_pairs(records)
     index = np.minimum((p * N_BINS).astype(int), N_BINS - 1)
     table = []
-    for family, k in [*CONFIGS, ("all", 0)]:
-        mask = np.array([family == "all" or c == (family, k) for c in config], bool)
+    for family, k in TABLE_ROWS:
+        mask = np.array([in_row(c, (family, k)) for c in config], bool)
         if not mask.any():
             continue
         pm, hm, im = p[mask], hit[mask], index[mask]
@@ -286,9 +451,9 @@ def per_config_table(records: list[dict]) -> list[dict]:
         # Top arm: the arm with the largest prob_best in each experiment × segment.
         top_p, top_hit = [], []
         for rec in records:
-            if family != "all" and (rec["family"], rec["k"]) != (family, k):
+            if not in_row(config_of(rec), (family, k)):
                 continue
-            for seg in rec["segments"]:
+            for seg in planted(rec):
                 probs = np.asarray(seg["prob_best"], float)
                 if not np.isfinite(probs).all():
                     continue
@@ -315,16 +480,16 @@ def shrinkage_table(records: list[dict]) -> list[dict]:
     """Mean true and posterior-mean contrast, and interval width, per config × segment × arm."""
     groups: dict[tuple, list] = {}
     for rec in records:
-        for seg in rec["segments"]:
+        for seg, dim in zip(rec["segments"], rec["dim_segments"], strict=True):
             for arm in range(1, rec["k"]):
-                key = (rec["family"], rec["k"], seg["segment"], rec["arms"][arm])
+                key = (*config_of(rec), seg["segment"], rec["arms"][arm])
                 width = seg["contrast_upper"][arm] - seg["contrast_lower"][arm]
                 groups.setdefault(key, []).append(
-                    (seg["true_contrast"][arm], seg["contrast"][arm], width)
+                    (seg["true_contrast"][arm], seg["contrast"][arm], width, dim["contrast"][arm])
                 )
     table = []
     for (family, k, segment, arm), values in sorted(groups.items()):
-        true, post, width = np.nanmean(np.array(values, float), axis=0)
+        true, post, width, dim = np.nanmean(np.array(values, float), axis=0)
         table.append(
             {
                 "family": family,
@@ -334,6 +499,7 @@ def shrinkage_table(records: list[dict]) -> list[dict]:
                 "n": len(values),
                 "true_contrast": float(true),
                 "posterior_contrast": float(post),
+                "dim_contrast": float(dim),
                 "interval_width": float(width),
             }
         )
@@ -343,10 +509,15 @@ def shrinkage_table(records: list[dict]) -> list[dict]:
 def top_arm_by_segment(records: list[dict]) -> list[dict]:
     """Per planted segment (families and K pooled): the largest prob_best against its hits."""
     table = []
-    for segment in sorted({seg["segment"] for rec in records for seg in rec["segments"]}):
+    keys = sorted(
+        {(rec.get("scenario", "segmented"), s["segment"]) for rec in records for s in planted(rec)}
+    )
+    for scenario, segment in keys:
         top_p, top_hit, rule = [], [], ""
         for rec in records:
-            for seg in rec["segments"]:
+            if rec.get("scenario", "segmented") != scenario:
+                continue
+            for seg in planted(rec):
                 probs = np.asarray(seg["prob_best"], float)
                 if seg["segment"] != segment or not np.isfinite(probs).all():
                     continue
@@ -385,7 +556,7 @@ def print_tables(reliability, coverage, configs, by_segment, top_by_segment, shr
     print(f"\ncoverage of the {CI:.0%} contrast intervals (each treatment vs control)")
     print(
         f"  {'family':<10} {'K':>2} {'exps':>5} {'n':>5} {'coverage':>9} {'se':>6} {'se(cl)':>7} "
-        f"{'above':>6} {'below':>6} {'to 0':>5} {'widen':>6}"
+        f"{'above':>6} {'below':>6} {'to 0':>5} {'widen':>6} {'cov95':>6} {'bias z':>7} {'se':>5}"
     )
     for row in coverage:
         k = "" if row["family"] == "all" else row["k"]
@@ -393,10 +564,13 @@ def print_tables(reliability, coverage, configs, by_segment, top_by_segment, shr
             f"  {row['family']:<10} {k:>2} {row['experiments']:>5} {row['contrasts']:>5} "
             f"{fmt(row['coverage']):>9} {fmt(row['se']):>6} {fmt(row['se_clustered']):>7} "
             f"{fmt(row['miss_above']):>6} {fmt(row['miss_below']):>6} "
-            f"{fmt(row['misses_toward_zero'], '.2f'):>5} {fmt(row['widen_for_nominal'], '.2f'):>6}"
+            f"{fmt(row['misses_toward_zero'], '.2f'):>5} {fmt(row['widen_for_nominal'], '.2f'):>6} "
+            f"{fmt(row['coverage_95']):>6} {fmt(row['bias_z'], '+.3f'):>7} "
+            f"{fmt(row['bias_z_se'], '.3f'):>5}"
         )
     print("  (above/below: truth above/below the interval; to 0: share of the misses whose")
-    print("  interval lies on 0's side of the truth; widen: factor about the centre for 80%)")
+    print("  interval lies on 0's side of the truth; widen: factor about the centre for 80%;")
+    print("  cov95: coverage of the 95% intervals; bias z: mean (centre - truth) / sd, its se)")
     print("\ncoverage per planted segment and arm (families and K pooled)")
     print(f"  {'segment':<38} {'arm':<4} {'n':>4} {'coverage':>9} {'se(cl)':>7} {'to 0':>5}")
     for row in by_segment:
@@ -426,16 +600,49 @@ def print_tables(reliability, coverage, configs, by_segment, top_by_segment, shr
             f"{fmt(row['top_correct']):>7} {fmt(row['top_se']):>6}"
         )
     print("  (top p: mean of the largest prob_best; top ok: share where that arm is truly best)")
-    print("\nmean true contrast, mean posterior-mean contrast and mean 80% interval width")
+    print("\nmean true contrast, posterior-mean contrast, difference in means, 80% width")
     print(
         f"  {'family':<10} {'K':>2} {'seg':>3} {'arm':<4} {'n':>3} "
-        f"{'true':>8} {'post':>8} {'width':>8}"
+        f"{'true':>8} {'post':>8} {'DiM':>8} {'width':>8}"
     )
     for row in shrinkage:
         print(
             f"  {row['family']:<10} {row['k']:>2} {row['segment']:>3} {row['arm']:<4} "
             f"{row['n']:>3} {row['true_contrast']:>8.4f} {row['posterior_contrast']:>8.4f} "
-            f"{row['interval_width']:>8.4f}"
+            f"{row['dim_contrast']:>8.4f} {row['interval_width']:>8.4f}"
+        )
+    print("  (segment 4 of the segmented scenario and 2 of email: everyone)")
+
+
+def print_comparisons(dim_coverage, sharpness, population) -> None:
+    print("\nthe randomized baseline (difference in means per segment, normal intervals)")
+    print(f"  {'family':<10} {'K':>2} {'n':>5} {'coverage':>9} {'cov95':>6} {'bias z':>7}")
+    for row in dim_coverage:
+        k = "" if row["family"] == "all" else row["k"]
+        print(
+            f"  {row['family']:<10} {k:>2} {row['contrasts']:>5} {fmt(row['coverage']):>9} "
+            f"{fmt(row['coverage_95']):>6} {fmt(row['bias_z'], '+.3f'):>7}"
+        )
+    print("\nmedian 80% interval width against the difference in means' (same data)")
+    print(f"  {'family':<10} {'K':>2} {'n':>5} {'after':>7} {'before':>7}")
+    for row in sharpness:
+        k = "" if row["family"] == "all" else row["k"]
+        print(
+            f"  {row['family']:<10} {k:>2} {row['contrasts']:>5} {row['dr_over_dim']:>7.3f} "
+            f"{row['raw_over_dim']:>7.3f}"
+        )
+    print("\nwhole-population lift (mean over experiments and treatments)")
+    print(
+        f"  {'family':<10} {'K':>2} {'n':>4} {'truth':>9} {'DiM':>9} {'before':>9} {'after':>9} "
+        f"{'b-DiM/se':>9} {'a-DiM/se':>9} {'b cov95':>8} {'a cov95':>8}"
+    )
+    for row in population:
+        k = "" if row["family"] == "all" else row["k"]
+        print(
+            f"  {row['family']:<10} {k:>2} {row['lifts']:>4} {row['true']:>9.4f} "
+            f"{row['dim']:>9.4f} {row['raw']:>9.4f} {row['dr']:>9.4f} "
+            f"{row['raw_minus_dim_se']:>+9.3f} {row['dr_minus_dim_se']:>+9.3f} "
+            f"{row['raw_coverage_95']:>8.3f} {row['dr_coverage_95']:>8.3f}"
         )
 
 
@@ -496,6 +703,10 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=216, help="spread over 6 configs")
     parser.add_argument("--out", type=Path, required=True, help="directory for the outputs")
     parser.add_argument("--visitors", type=int, default=2_000)
+    parser.add_argument(
+        "--email", type=int, default=0, help="experiments of the realistic e-mail configuration"
+    )
+    parser.add_argument("--email-visitors", type=int, default=64_000)
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--chains", type=int, default=1)
     parser.add_argument("--burnin", type=int, default=0)
@@ -504,23 +715,41 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="experiment i uses seed S*100000+i")
     parser.add_argument("--workers", type=int, default=1, help="processes (1: in this one)")
     parser.add_argument(
-        "--records", type=Path, help="tabulate a saved calibration_records.json; fit nothing"
+        "--records",
+        type=Path,
+        nargs="+",
+        help="tabulate saved calibration_records.json files (runs pooled); fit nothing",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.records:
-        saved = json.loads(args.records.read_text())
-        meta, records = saved["meta"], saved["records"]
-        print(f"records of: {meta['command']} (started {meta['started_utc']})")
+        records = []
+        for path in args.records:
+            saved = json.loads(path.read_text())
+            meta = saved["meta"]
+            records += saved["records"]
+            print(f"records of: {meta['command']} (started {meta['started_utc']})")
     else:
         meta, records = run(args)
-    reliability = reliability_table(records)
-    coverage = coverage_table(records)
-    configs = per_config_table(records)
-    by_segment = coverage_by_segment(records)
-    top_by_segment = top_arm_by_segment(records)
-    shrinkage = shrinkage_table(records)
-    print_tables(reliability, coverage, configs, by_segment, top_by_segment, shrinkage)
+    tables = {}
+    sides = (("before (correction=None)", "raw_segments"), ("after (doubly robust)", "segments"))
+    for name, key in sides:
+        view = side(records, key)
+        print(f"\n======== {name} ========")
+        part = {
+            "reliability": reliability_table(view),
+            "coverage": coverage_table(view),
+            "per_config": per_config_table(view),
+            "coverage_by_segment": coverage_by_segment(view),
+            "top_arm_by_segment": top_arm_by_segment(view),
+            "contrast_by_segment": shrinkage_table(view),
+        }
+        print_tables(*part.values())
+        tables["after" if key == "segments" else "before"] = part
+    tables["dim_coverage"] = coverage_table(side(records, "dim_segments"))
+    tables["sharpness"] = sharpness_table(records)
+    tables["population"] = population_table(records)
+    print_comparisons(tables["dim_coverage"], tables["sharpness"], tables["population"])
     fit_seconds = [r["fit_seconds"] for r in records]
     print(
         f"\nwall time {meta['wall_seconds']:.0f} s; per fit (simulation excluded, summary "
@@ -531,14 +760,6 @@ def main() -> None:
         (args.out / "calibration_records.json").write_text(
             json.dumps({"meta": meta, "records": records}, indent=1)
         )
-    tables = {
-        "reliability": reliability,
-        "coverage": coverage,
-        "per_config": configs,
-        "coverage_by_segment": by_segment,
-        "top_arm_by_segment": top_by_segment,
-        "contrast_by_segment": shrinkage,
-    }
     (args.out / "calibration_summary.json").write_text(
         json.dumps({"meta": meta, **tables}, indent=1)
     )
@@ -547,7 +768,8 @@ def main() -> None:
         f"{len(records)} simulated experiments (binary/continuous/hurdle × K=2,3, planted "
         f"segments), {meta['visitors']:,} visitors, {meta['draws']} draws{chains} each"
     )
-    plot(reliability, coverage, args.out / "calibration_reliability.png", title)
+    after = tables["after"]
+    plot(after["reliability"], after["coverage"], args.out / "calibration_reliability.png", title)
     print(f"wrote calibration_records.json, calibration_summary.json, *.png to {args.out}")
 
 
@@ -581,6 +803,20 @@ def run(args) -> tuple[dict, list[dict]]:
         }
         for i in range(args.experiments)
     ]
+    tasks += [
+        {
+            **tasks[0],
+            "index": args.experiments + j,
+            "family": "hurdle",
+            "k": 3,
+            "scenario": "email",
+            "seed": args.seed * 100_000 + j,
+            "visitors": args.email_visitors,
+        }
+        for j in range(args.email)
+    ]
+    # The slow e-mail fits first, so the workers end together.
+    tasks.sort(key=lambda t: t.get("scenario") != "email")
     partial = args.out / "calibration_records.jsonl"
     partial.write_text("")
     records = []
@@ -614,6 +850,8 @@ def run(args) -> tuple[dict, list[dict]]:
         "cores": os.cpu_count(),
         "experiments": len(records),
         "visitors": args.visitors,
+        "email_experiments": args.email,
+        "email_visitors": args.email_visitors,
         "draws": args.draws,
         "chains": args.chains,
         "burnin": args.burnin,

@@ -99,3 +99,47 @@ def reference_allocation(dataset, segments, epsilon: float) -> dict[int, dict[st
             frequencies = reference_floor(frequencies, epsilon)
         allocation[segment.id] = dict(zip(arms, frequencies, strict=True))
     return allocation
+
+
+# --------------------------------------------------------------------------- doubly robust
+
+MASK64 = 2**64 - 1
+
+
+def reference_mix(z: int) -> int:
+    """splitmix64's finalizer on Python integers."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def reference_weight(key: int, visitor: int, sample: int) -> float:
+    """The Exp(1) bootstrap weight of (key, visitor row, sample), from the hash."""
+    golden = 0x9E3779B97F4A7C15
+    h = reference_mix((reference_mix((key + visitor * golden) & MASK64) + sample * golden) & MASK64)
+    return -math.log(((h >> 11) + 0.5) * 2.0**-53)
+
+
+def reference_doubly_robust(factors, served, outcome, propensity, key):
+    """The corrected factors, one visitor, sample and arm at a time (float64).
+
+    ``factors``: (metric,) or (conversion, value), each (visitor, sample, arm).
+    """
+    out = [np.array(f, dtype=np.float64, copy=True) for f in factors]
+    n_visitors, n_samples, _ = factors[0].shape
+    for v in range(n_visitors):
+        k, y = int(served[v]), float(outcome[v])
+        for s in range(n_samples):
+            w = reference_weight(key, v, s) / propensity[v]
+            m = float(factors[0][v, s, k])
+            if len(factors) == 1:
+                out[0][v, s, k] = m + w * (y - m)
+                continue
+            value = float(factors[1][v, s, k])
+            converted = 1.0 if y > 0 else 0.0
+            conversion = m + w * (converted - m)
+            psi = m * value + w * (y - m * value)
+            out[0][v, s, k] = conversion
+            if converted:
+                out[1][v, s, k] = psi / conversion
+    return out

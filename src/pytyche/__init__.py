@@ -17,6 +17,7 @@ from .segments import Clause, DiscoveredSegment, SegmentRule, as_segments
 
 # -- posteriors from experiment data: observed data, simulator, BCF fits, persistence --
 # isort: split
+from .correction import doubly_robust
 from .data import from_arrays, from_inference_data, observed_data
 from .fitting import fit, fit_binary_bcf, fit_continuous_bcf, fit_hurdle_bcf
 from .io import PosteriorReadError, open_posterior, to_netcdf, to_zarr
@@ -69,6 +70,7 @@ __all__ = [
     "as_segments",
     "check_convergence",
     "check_setup",
+    "doubly_robust",
     "evaluate_policy",
     "example_posterior",
     "fit",

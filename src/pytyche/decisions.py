@@ -392,7 +392,7 @@ def recommend(
     }
     for name, event in events.items():
         variables[name] = (event.sum(sample_dims, dtype=np.int64) / n_samples).where(valid)
-    ess = indicator_ess(events, sample_dims, n_samples)
+    ess = indicator_ess(events, sample_dims)
     for name in events:
         variables[f"{name}_mcse"] = xr.apply_ufunc(
             probability_mcse,

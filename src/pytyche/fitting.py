@@ -48,6 +48,13 @@ from scipy.special import ndtr
 
 from ._config import get_options
 from ._validate import check_count
+from .correction import (
+    METHOD,
+    check_outcome_scale,
+    doubly_robust,
+    observed_outcome,
+    propensity_table,
+)
 from .data import (
     OUTCOME,
     VARIANT,
@@ -91,9 +98,6 @@ OWNED_GENERAL_PARAMS = {
     "keep_burnin": "burn-in draws are never kept; raise n_draws",
     "keep_gfr": "warm-start draws are never kept; raise n_draws",
 }
-# The posterior is stored as float32: outcomes this large (in absolute value) would overflow it
-# (float32 ends at 3.4e38) and the forests' float64 variance long before 1e300.
-MAX_ABS_OUTCOME = 1e30
 
 
 def fit(observed: xr.Dataset, family: str = "auto", **options) -> BCFResult:
@@ -130,12 +134,12 @@ def fit(observed: xr.Dataset, family: str = "auto", **options) -> BCFResult:
     }
     if family == "auto":
         check_observed(observed)
-        family = infer_family(_outcome(observed))
+        family = infer_family(observed_outcome(observed))
     if family not in fits:
         raise ValueError(f"family must be 'auto' or one of {sorted(fits)}, got {family!r}")
     variables = observed_variables(observed) if isinstance(observed, xr.Dataset) else {}
     if OUTCOME in variables and variables[OUTCOME].dtype.kind in "iuf":
-        _check_outcome_scale(np.asarray(variables[OUTCOME].values, dtype=np.float64))
+        check_outcome_scale(np.asarray(variables[OUTCOME].values, dtype=np.float64))
     check_setup(observed, family=family).raise_for_problems()
     return fits[family](observed, **options)
 
@@ -177,6 +181,7 @@ def fit_binary_bcf(
     stochtree_options: Mapping | None = None,
     chunk_bytes: int | None = None,
     max_train_visitors: int | None = None,
+    correction: str | None = "doubly_robust",
 ) -> BinaryBCFResult:
     """Fit a probit BCF to a 0/1 outcome: ``conversion[k] = Φ(μ(x) + τ_k(x))`` per draw.
 
@@ -221,6 +226,14 @@ def fit_binary_bcf(
         ``result.to_zarr(path)`` streams it to disk without holding it whole. With no more
         visitors than this, the forests train on all of them, and the prediction is still
         lazy. Default None: train on every visitor and hold the posterior in memory.
+
+    correction : {"doubly_robust", None}, default "doubly_robust"
+        ``"doubly_robust"`` returns :func:`pytyche.doubly_robust` of the fit, with the same
+        ``propensity`` (default: the observed arm shares, i.e. a randomized experiment) and
+        bootstrap weights drawn from ``seed``: segment effects unbiased like a difference in
+        means, with intervals that count the outcome noise. None returns the forests' own
+        posterior, whose effects are shrunk toward 0: use it only for observational data,
+        where no propensity is known.
 
     Returns
     -------
@@ -284,6 +297,7 @@ def fit_continuous_bcf(
     stochtree_options: Mapping | None = None,
     chunk_bytes: int | None = None,
     max_train_visitors: int | None = None,
+    correction: str | None = "doubly_robust",
 ) -> ContinuousBCFResult:
     """Fit a Gaussian BCF to a continuous outcome: ``expected[k] = μ(x) + τ_k(x)`` per draw.
 
@@ -328,6 +342,14 @@ def fit_continuous_bcf(
         streams it to disk without holding it whole. With no more visitors than this, the
         forests train on all of them, and the prediction is still lazy. Default None: train
         on every visitor and hold the posterior in memory.
+
+    correction : {"doubly_robust", None}, default "doubly_robust"
+        ``"doubly_robust"`` returns :func:`pytyche.doubly_robust` of the fit, with the same
+        ``propensity`` (default: the observed arm shares, i.e. a randomized experiment) and
+        bootstrap weights drawn from ``seed``: segment effects unbiased like a difference in
+        means, with intervals that count the outcome noise. None returns the forests' own
+        posterior, whose effects are shrunk toward 0: use it only for observational data,
+        where no propensity is known.
 
     Returns
     -------
@@ -377,6 +399,7 @@ def fit_hurdle_bcf(
     stochtree_options: Mapping | None = None,
     chunk_bytes: int | None = None,
     max_train_visitors: int | None = None,
+    correction: str | None = "doubly_robust",
 ) -> HurdleBCFResult:
     """Fit a hurdle posterior to a non-negative outcome with many zeros (e.g. revenue).
 
@@ -429,6 +452,14 @@ def fit_hurdle_bcf(
         whole. With no more visitors than this, the forests train on all of them, and the
         prediction is still lazy. Default None: train on every visitor and hold the
         posterior in memory.
+
+    correction : {"doubly_robust", None}, default "doubly_robust"
+        ``"doubly_robust"`` returns :func:`pytyche.doubly_robust` of the fit, with the same
+        ``propensity`` (default: the observed arm shares, i.e. a randomized experiment) and
+        bootstrap weights drawn from ``seed``: segment effects unbiased like a difference in
+        means, with intervals that count the outcome noise. None returns the forests' own
+        posterior, whose effects are shrunk toward 0: use it only for observational data,
+        where no propensity is known.
 
     Returns
     -------
@@ -514,6 +545,7 @@ _OPTION_NAMES = (
     "stochtree_options",
     "chunk_bytes",
     "max_train_visitors",
+    "correction",
 )
 
 
@@ -537,6 +569,10 @@ def _options(arguments: dict) -> dict:
                 "max_train_visitors predicts from serialized forests, which stochtree cannot "
                 "write for a single draw: pass n_draws >= 2 (or n_chains >= 2)"
             )
+    if options["correction"] not in (METHOD, None):
+        raise ValueError(
+            f"correction must be {METHOD!r} or None, got {options['correction']!r}"
+        )
     if options["num_threads"] == 0:
         raise ValueError(
             f"num_threads must be -1 (all cores) or >= 1, got {options['num_threads']}"
@@ -590,9 +626,9 @@ class _Setup:
                     "prune a tree on fewer)"
                 )
         self.counts = counts
-        self.outcome = _outcome(observed)
+        self.outcome = observed_outcome(observed)
         self.covariates, self.X = design_matrix(observed)
-        self.propensity = _propensity(propensity, self.arms, self.codes, counts)
+        self.propensity = propensity_table(propensity, self.arms, self.codes)
         self.propensity_given = propensity is not None
         n_treat = len(self.arms) - 1
         self.Z = np.zeros((self.codes.size, n_treat))
@@ -757,7 +793,11 @@ class _Setup:
         ds = posterior_dataset(
             cls.family, self.arms, data_vars, attrs={"pytyche_fit": json.dumps(fit_info)}
         )
-        return cls(attach_observed(ds, self.observed))
+        result = cls(attach_observed(ds, self.observed))
+        if o["correction"] is None:
+            return result
+        propensity = self.propensity if self.propensity_given else None
+        return doubly_robust(result, propensity=propensity, seed=_stage_seed(o["seed"], 3))
 
 
 @dataclass(frozen=True)
@@ -983,37 +1023,6 @@ def _per_arm(mu, tau, link, shift=None) -> np.ndarray:
     return out
 
 
-def _outcome(observed: xr.Dataset) -> np.ndarray:
-    """The outcome column of observed data that :func:`check_observed` has accepted."""
-    variables = observed_variables(observed)
-    if OUTCOME not in variables:
-        raise ValueError(
-            f"the observed data has no {OUTCOME!r} along 'visitor' (found {sorted(variables)}); "
-            "build it with pytyche.observed_data(frames, outcome=...)"
-        )
-    values = np.asarray(variables[OUTCOME].values)
-    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
-        raise ValueError(f"the outcome has dtype {values.dtype}; expected numbers")
-    values = values.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("the outcome holds NaN or infinite values")
-    _check_outcome_scale(values)
-    return values
-
-
-def _check_outcome_scale(values: np.ndarray) -> None:
-    """Finite outcomes must also be small enough for the float32 posterior and the forests."""
-    with np.errstate(invalid="ignore"):
-        too_big = np.abs(values) > MAX_ABS_OUTCOME
-    if too_big.any():
-        i = int(np.flatnonzero(too_big)[0])
-        raise ValueError(
-            f"the outcome of visitor row {i} is {values[i]:g}; outcomes must be within "
-            f"±{MAX_ABS_OUTCOME:g} (the posterior is stored as float32): rescale the outcome, "
-            "e.g. to thousands or millions of its unit"
-        )
-
-
 def design_matrix(observed: xr.Dataset) -> tuple[list[str], np.ndarray]:
     """The float64 covariate matrix the forests split on, and the covariates it came from.
 
@@ -1086,45 +1095,6 @@ def design_matrix(observed: xr.Dataset) -> tuple[list[str], np.ndarray]:
         # No covariates: the forests can only learn the average effect of each arm.
         return names, np.zeros((n, 1))
     return names, np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
-
-
-def _propensity(propensity, arms: list[str], codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(visitor, arm) assignment probabilities, validated; observed shares by default."""
-    n, k = codes.size, len(arms)
-    if propensity is None:
-        return np.broadcast_to(counts / counts.sum(), (n, k)).copy()
-    if isinstance(propensity, Mapping):
-        unknown = sorted(set(map(str, propensity)) - set(arms))
-        missing = [a for a in arms if a not in propensity]
-        if unknown or missing:
-            raise ValueError(
-                f"propensity must give one share per arm {arms}; "
-                + (f"unknown {unknown} " if unknown else "")
-                + (f"missing {missing}" if missing else "")
-            )
-        propensity = [propensity[a] for a in arms]
-    p = np.asarray(propensity, dtype=np.float64)
-    if p.ndim == 1:
-        if p.size != k:
-            raise ValueError(f"propensity has {p.size} shares but there are {k} arms {arms}")
-        p = np.broadcast_to(p, (n, k)).copy()
-    elif p.shape != (n, k):
-        raise ValueError(
-            f"propensity must be one share per arm ({k},) or one row per visitor ({n}, {k}); "
-            f"got shape {p.shape}"
-        )
-    for j, arm in enumerate(arms):
-        column = p[:, j]
-        if not np.isfinite(column).all() or (column <= 0).any() or (column >= 1).any():
-            raise ValueError(
-                f"arm {arm!r}: propensity must lie strictly between 0 and 1, got values in "
-                f"[{np.nanmin(column):g}, {np.nanmax(column):g}]"
-            )
-    sums = p.sum(axis=1)
-    if not np.allclose(sums, 1.0, atol=1e-6):
-        i = int(np.argmax(np.abs(sums - 1.0)))
-        raise ValueError(f"propensities must sum to 1 over arms; visitor row {i} sums to {sums[i]}")
-    return p
 
 
 def _stage_seed(seed: int, stage: int) -> int:

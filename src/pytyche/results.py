@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -119,6 +120,16 @@ class BCFResult:
         if VISITOR in self._dataset.indexes:
             observed = observed.assign_coords({VISITOR: self._dataset.indexes[VISITOR]})
         return observed
+
+    @property
+    def correction(self) -> dict | None:
+        """How the effects were corrected (see :func:`pytyche.doubly_robust`), or None.
+
+        None means the draws are the forests' own: regularized toward no effect, with
+        intervals that do not count that bias.
+        """
+        text = self._dataset.attrs.get("pytyche_correction")
+        return None if text is None else dict(json.loads(text))
 
     def metric_factors(self) -> tuple[xr.DataArray, ...]:
         """The variables whose product is the metric, each (visitor, sample dims..., arm).

@@ -20,7 +20,7 @@ from .segments import DiscoveredSegment
 
 __all__ = ["SCENARIOS", "planted_segments", "simulate_experiment"]
 
-SCENARIOS = ("null", "uniform", "segmented")
+SCENARIOS = ("null", "uniform", "segmented", "email")
 DEVICES = np.array(["mobile", "desktop", "tablet"], dtype=object)
 DEVICE_SHARES = (0.5, 0.35, 0.15)
 # The segments of the "segmented" scenario; within each, one arm is best for every visitor.
@@ -36,6 +36,15 @@ EFFECT = {"binary": 0.4, "continuous": 1.0, "hurdle": 0.4}
 VALUE_EFFECT = 0.1
 NOISE_SD = 3.0  # continuous outcome noise
 LOG_SPEND_SD = 0.6  # hurdle: sd of log spend among converters
+# The "email" scenario: a randomized e-mail test shaped like real traffic. Conversion under 1%
+# (probability points, not probit units), treatments that lift it by 0.3-0.7 points with the
+# best arm changing with the binary covariate `returning`, and heavy-tailed spend among buyers
+# (log-normal, sd of spend per visitor about 15x its mean).
+EMAIL_RULES = ("returning == True", "returning == False")
+EMAIL_BASE_CONVERSION = 0.005
+EMAIL_RETURNING_CONVERSION = 0.003
+EMAIL_LIFT = {True: (0.007, 0.003), False: (0.003, 0.006)}  # returning: (A, B) in points
+EMAIL_LOG_SPEND, EMAIL_LOG_SPEND_SD = 4.2, 0.75
 
 
 def simulate_experiment(
@@ -62,6 +71,12 @@ def simulate_experiment(
       40 or younger, the second treatment (when there is one) wins on desktop visitors over
       40, and control wins on tablets, where every treatment hurts. Further treatments are
       close contenders that never win.
+    - ``"email"`` (hurdle only): a randomized e-mail test shaped like real traffic: control
+      converts 0.5% of new and 0.8% of returning visitors, spend among buyers is log-normal
+      with a heavy tail (sd of spend per visitor about 15 times its mean), and the first
+      treatment lifts conversion by 0.7 points for returning visitors and 0.3 for new ones,
+      the second (and any further) by 0.3 and 0.6: the best arm depends on ``returning``
+      (see ``planted_segments("email")``).
 
     Parameters
     ----------
@@ -72,7 +87,7 @@ def simulate_experiment(
     family : {"hurdle", "binary", "continuous"}, default "hurdle"
         Outcome family: a 0/1 conversion, a continuous outcome, or spend that is zero unless
         the visitor converts (log-normal given conversion).
-    scenario : {"null", "uniform", "segmented"}, default "segmented"
+    scenario : {"null", "uniform", "segmented", "email"}, default "segmented"
         The truth to plant.
     seed : int, default 0
         The same seed gives the same experiment.
@@ -124,7 +139,20 @@ def simulate_experiment(
     known_age = np.where(np.isnan(age), 48.0, age)
     rows = np.arange(n_visitors)
     truth_vars: dict[str, np.ndarray] = {}
-    if family in ("binary", "hurdle"):
+    if scenario == "email":
+        if family != "hurdle":
+            raise ValueError(
+                f"the 'email' scenario simulates spend: family='hurdle', not {family!r}"
+            )
+        conversion, value, outcome = _email(returning, served, rng)
+        truth_vars |= {"conversion": conversion, "value": value}
+        metric = conversion * value
+    elif family == "continuous":
+        base = 10.0 + 1.5 * returning + 0.05 * (known_age - 48.0) + 0.5 * (device == "desktop")
+        metric = base[:, None] + EFFECT[family] * lift
+        outcome = metric[rows, served] + NOISE_SD * rng.standard_normal(n_visitors)
+        truth_vars["expected"] = metric
+    else:
         latent = (
             -0.9
             - (0.1 if family == "hurdle" else 0.0)
@@ -135,20 +163,13 @@ def simulate_experiment(
         conversion = ndtr(latent[:, None] + EFFECT[family] * lift)
         converted = rng.random(n_visitors) < conversion[rows, served]
         truth_vars["conversion"] = conversion
-    if family == "binary":
-        metric = conversion
-        outcome = converted.astype(np.float64)
-    elif family == "continuous":
-        base = 10.0 + 1.5 * returning + 0.05 * (known_age - 48.0) + 0.5 * (device == "desktop")
-        metric = base[:, None] + EFFECT[family] * lift
-        outcome = metric[rows, served] + NOISE_SD * rng.standard_normal(n_visitors)
-        truth_vars["expected"] = metric
-    else:
+        metric, outcome = conversion, converted.astype(np.float64)
+    if family == "hurdle" and scenario != "email":
         log_spend = 3.5 + 0.2 * (device == "desktop") + 0.01 * (known_age - 48.0)
         log_spend = log_spend[:, None] + VALUE_EFFECT * _value_lift(scenario, device, age, n_arms)
         value = np.exp(log_spend + LOG_SPEND_SD**2 / 2)
         spend = np.exp(log_spend[rows, served] + LOG_SPEND_SD * rng.standard_normal(n_visitors))
-        outcome = np.where(converted, spend, 0.0)
+        outcome = np.where(outcome > 0, spend, 0.0)
         metric = conversion * value
         truth_vars["value"] = value
 
@@ -174,16 +195,40 @@ def simulate_experiment(
     return observed, truth
 
 
-def planted_segments() -> list[DiscoveredSegment]:
-    """The segments of the ``"segmented"`` scenario, ids 0-3.
+def planted_segments(scenario: str = "segmented") -> list[DiscoveredSegment]:
+    """The planted segments of a scenario: ids 0-3 of ``"segmented"``, 0-1 of ``"email"``.
 
-    Within each, one arm is the true best for every member (control on tablets).
+    Within each, one arm is the true best for every member (``"segmented"``: control on
+    tablets; ``"email"``: A for returning visitors, B for new ones).
+
+    Parameters
+    ----------
+    scenario : {"segmented", "email"}, default "segmented"
+        The scenario.
 
     Returns
     -------
     list of DiscoveredSegment
     """
-    return [DiscoveredSegment(i, rule) for i, rule in enumerate(PLANTED_RULES)]
+    rules = {"segmented": PLANTED_RULES, "email": EMAIL_RULES}
+    check_choice("scenario", scenario, rules)
+    return [DiscoveredSegment(i, rule) for i, rule in enumerate(rules[scenario])]
+
+
+def _email(returning: np.ndarray, served: np.ndarray, rng: np.random.Generator):
+    """True conversion and value (visitor, arm) and the observed spend of the "email" scenario."""
+    n_visitors, n_arms = returning.size, int(served.max()) + 1
+    base = EMAIL_BASE_CONVERSION + EMAIL_RETURNING_CONVERSION * returning
+    lift = np.zeros((n_visitors, n_arms))
+    for k in range(1, n_arms):
+        by_group = {key: lifts[min(k, 2) - 1] for key, lifts in EMAIL_LIFT.items()}
+        lift[:, k] = np.where(returning, by_group[True], by_group[False])
+    conversion = base[:, None] + lift
+    value = np.full((n_visitors, n_arms), np.exp(EMAIL_LOG_SPEND + EMAIL_LOG_SPEND_SD**2 / 2))
+    rows = np.arange(n_visitors)
+    converted = rng.random(n_visitors) < conversion[rows, served]
+    spend = np.exp(EMAIL_LOG_SPEND + EMAIL_LOG_SPEND_SD * rng.standard_normal(n_visitors))
+    return conversion, value, np.where(converted, spend, 0.0)
 
 
 def _lift(scenario: str, device: np.ndarray, age: np.ndarray, n_arms: int) -> np.ndarray:

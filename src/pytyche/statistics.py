@@ -178,7 +178,7 @@ def check_members(member: xr.DataArray, counts: np.ndarray, valid: np.ndarray | 
 
 
 def indicator_ess(
-    events: dict[str, xr.DataArray], sample_dims: list[str], n_samples: int
+    events: dict[str, xr.DataArray], sample_dims: list[str]
 ) -> xr.DataArray:
     """Effective sample size of each event's per-sample indicator, along a new ``event`` dim.
 
@@ -188,24 +188,21 @@ def indicator_ess(
         Indicators (boolean or 0/1) with the sample dims, all of the same shape.
     sample_dims : list of str
         The sample dims: ``[draw]`` or ``[chain, draw]``.
-    n_samples : int
-        The number of samples.
 
     Returns
     -------
     xarray.DataArray
-        float64, the indicators' other dims and ``event``: ``n_samples`` without a ``chain``
-        dim (samples taken as independent), else :func:`pytyche._mcse.effective_sample_size`
-        across chains. Lazy on dask input.
+        float64, the indicators' other dims and ``event``:
+        :func:`pytyche._mcse.effective_sample_size` from the draws' autocorrelation, within
+        and across chains; without a ``chain`` dim the draws are one chain, in the order the
+        sampler drew them. Lazy on dask input.
     """
     names = list(events)
     index = pd.Index(names, name="event")
+    stacked = xr.concat([events[n] for n in names], dim=index)
     if CHAIN not in sample_dims:
-        template = events[names[0]].isel({DRAW: 0}, drop=True)
-        return xr.concat(
-            [xr.full_like(template, n_samples, dtype=np.float64)] * len(names), dim=index
-        )
-    stacked = whole_samples(xr.concat([events[n] for n in names], dim=index), [CHAIN, DRAW])
+        stacked = stacked.expand_dims(CHAIN, axis=stacked.get_axis_num(DRAW))
+    stacked = whole_samples(stacked, [CHAIN, DRAW])
     return xr.apply_ufunc(
         effective_sample_size,
         stacked,

@@ -170,7 +170,7 @@ def segment_summary(
         "prob_best": wins / n_samples,
         "prob_positive": positive.sum(sample_dims, dtype=np.int64) / n_samples,
     }
-    ess = indicator_ess({"prob_best": won, "prob_positive": positive}, sample_dims, n_samples)
+    ess = indicator_ess({"prob_best": won, "prob_positive": positive}, sample_dims)
     # Quantiles need every sample of a segment in one block; the array is small. Rechunk the
     # data only: DataArray.chunk would also chunk the 'rule' coordinate, and merging lazy
     # coordinates into one Dataset compares them, which computes.
@@ -221,9 +221,7 @@ def segment_summary(
             "n_chains": n_chains,
             "mcse_method": (
                 "sqrt(p (1 - p) / ESS); ESS: autocorrelation-based effective sample size of "
-                "the event's indicator across chains"
-                if n_chains
-                else "sqrt(p (1 - p) / n_samples): samples treated as independent (no chain dim)"
+                "the event's indicator, within and across chains (one chain without a chain dim)"
             ),
         },
     ).transpose("segment", ARM)

@@ -661,13 +661,11 @@ class SequentialExperiment:
         winner = np.argmax(values, axis=2)
         prob_best = np.stack([(winner == k).mean(axis=1) for k in range(len(active))], axis=1)
         # Its Monte Carlo standard error, as pt.segment_summary's prob_best_mcse: the win
-        # indicator's ESS across chains, or the number of samples (independent) without chains.
-        if chained:
-            won = winner[..., None] == np.arange(len(active))  # (segment, sample, arm)
-            won = won.reshape(len(winner), *chain_draw, len(active)).transpose(0, 3, 1, 2)
-            ess = effective_sample_size(won)  # (segment, arm)
-        else:
-            ess = np.full(prob_best.shape, float(values.shape[1]))
+        # indicator's ESS from its autocorrelation (one chain without a chain dim).
+        won = winner[..., None] == np.arange(len(active))  # (segment, sample, arm)
+        won = won.reshape(len(winner), *chain_draw, len(active))
+        won = won.transpose(0, -1, *range(1, 1 + len(chain_draw)))
+        ess = effective_sample_size(won if chained else won[:, :, None, :])  # (segment, arm)
         prob_best_mcse = probability_mcse(prob_best, ess)
         loss = (values.max(axis=2, keepdims=True) - values).mean(axis=1)
         best_mean = values.mean(axis=1).max(axis=1)
