@@ -23,12 +23,14 @@ from .data import OUTCOME, VARIANT
 from .results import RESULT_TYPES
 from .segments import covariate_kind, covariate_names
 
-__all__ = ["SetupReport", "check_setup"]
+__all__ = ["SetupReport", "check_setup", "converters_needed"]
 
 #: Fewer visitors than this in an arm is a problem: no fit can estimate that arm's effect.
 MIN_VISITORS_PER_ARM = 10
 #: A hurdle fit's value model needs at least this many converters (outcome > 0) in every arm.
 MIN_CONVERTERS = 10
+#: Where :meth:`SetupReport.raise_for_problems` says the full report is, by default.
+FULL_REPORT = "pytyche.check_setup(observed) shows the full report"
 #: A covariate missing for more than this share of visitors is warned about.
 MISSING_WARN_SHARE = 0.5
 #: A text or integer covariate with a distinct value for each of at least this many visitors
@@ -84,8 +86,15 @@ class SetupReport:
         """True when there are no problems."""
         return not self.problems
 
-    def raise_for_problems(self) -> None:
+    def raise_for_problems(self, full_report: str = FULL_REPORT) -> None:
         """Raise ``ValueError`` listing every problem; do nothing when there are none.
+
+        Parameters
+        ----------
+        full_report : str, optional
+            Where the message says the full report is: default
+            ``"pytyche.check_setup(observed) shows the full report"``; a caller whose user does
+            not hold ``observed`` points at data the user has.
 
         Raises
         ------
@@ -96,7 +105,7 @@ class SetupReport:
             listed = "\n".join(f"  - {p}" for p in self.problems)
             raise ValueError(
                 f"the observed data is not ready for a fit ({len(self.problems)} problem(s); "
-                f"pytyche.check_setup(observed) shows the full report):\n{listed}"
+                f"{full_report}):\n{listed}"
             )
 
     def __str__(self) -> str:
@@ -265,6 +274,31 @@ def check_setup(
     return report
 
 
+def converters_needed(family: str | None) -> int:
+    """Converters (outcome > 0) a fit of ``family`` needs in every arm.
+
+    The one home of this rule: :func:`check_setup` reports an arm below it as a problem, and a
+    sequential experiment stays in burn-in until every active arm reaches it.
+
+    Parameters
+    ----------
+    family : str or None
+        The family to fit.
+
+    Returns
+    -------
+    int
+        :data:`MIN_CONVERTERS` for ``"hurdle"`` (its value model trains on each arm's
+        converters); 0 otherwise (a binary fit needs both outcomes overall, not per arm).
+
+    Examples
+    --------
+    >>> converters_needed("hurdle"), converters_needed("binary")
+    (10, 0)
+    """
+    return MIN_CONVERTERS if family == "hurdle" else 0
+
+
 def _check_arms(report, labels, arms, attrs_arms):
     """Visitors per arm, unknown labels, row order; the arm code of every visitor (or None)."""
     _, first = np.unique(labels, return_index=True)
@@ -349,11 +383,12 @@ def _check_outcome(report, observed, names, codes):
     if family in ("binary", "hurdle") and codes is not None:
         converted = np.bincount(codes, weights=outcome > 0, minlength=len(report.arms))
         report.conversions = {arm: int(converted[k]) for k, arm in enumerate(report.arms)}
+        needed = converters_needed(family)
         for arm, n in report.conversions.items():
-            if family == "hurdle" and n < MIN_CONVERTERS:
+            if n < needed:
                 report.problems.append(
                     f"arm {arm!r} has {n} converter(s) (outcome > 0); a hurdle fit's value model "
-                    f"needs at least {MIN_CONVERTERS} in every arm"
+                    f"needs at least {needed} in every arm"
                 )
             elif family == "binary" and report.visitors[arm] and n in (0, report.visitors[arm]):
                 report.warnings.append(
