@@ -21,6 +21,7 @@ from . import _html
 from ._mcse import probability_mcse
 from ._validate import check_metric_amount, check_probability
 from .results import ARM, CHAIN, BCFResult, BinaryBCFResult, HurdleBCFResult
+from .setup_check import practical_effect
 from .statistics import (
     Segments,
     indicator_ess,
@@ -52,6 +53,8 @@ REASONS = {
 }
 RELATIVE_LIFT_NOTE = "relative lift undefined: control's segment mean is <= 0 in some samples"
 PROBABILITIES = ("prob_positive", "prob_better", "prob_harm")
+# What the default minimum practical effect is a share of.
+CONTROL_MEAN = "control's posterior mean metric over all visitors"
 
 
 @dataclass(frozen=True)
@@ -194,10 +197,13 @@ class Recommendation(xr.Dataset):
 
     def _header(self) -> str:
         t = self.attrs
+        effect = f"{t.get('min_practical_effect', float('nan')):g}"
+        basis = t.get("min_practical_effect_basis", "given")
+        if basis != "given":
+            effect += f", {basis}"
         return (
             f"Decisions per segment and treatment (vs {t.get('control', 'control')}; "
-            f"{t.get('n_samples', '?')} posterior samples; min practical effect "
-            f"{t.get('min_practical_effect', float('nan')):g})\n"
+            f"{t.get('n_samples', '?')} posterior samples; min practical effect {effect})\n"
             f"  ship: loss if ship < {t.get('expected_loss_tolerance', float('nan')):g}, "
             f"P(>0) > {t.get('p_positive', float('nan')):g}, "
             f"P(>effect) > {t.get('p_better', float('nan')):g}; "
@@ -254,7 +260,7 @@ def recommend(
     segments: Segments | None = None,
     *,
     thresholds: DecisionThresholds | None = None,
-    min_practical_effect: float = 0.02,
+    min_practical_effect: float | None = None,
     ci: float = 0.8,
 ) -> Recommendation:
     """Per segment and treatment: ship, continue or stop, with the evidence for it.
@@ -281,8 +287,14 @@ def recommend(
         Default: one segment, id 0, rule ``everyone``.
     thresholds : DecisionThresholds, optional
         The rule's thresholds; default ``DecisionThresholds()``.
-    min_practical_effect : float, default 0.02
-        The smallest lift worth having, in the metric's units (>= 0).
+    min_practical_effect : float, optional
+        The smallest lift worth having: an absolute amount in the metric's units (>= 0).
+        Default: relative, :data:`pytyche.setup_check.RELATIVE_PRACTICAL_EFFECT` (2%) of
+        control's posterior mean metric over all the posterior's visitors (the mean over
+        samples of control's mean per-visitor metric), so it follows the metric's scale. The
+        default is computed from the same pass over the posterior as the segment means; on a
+        dask-backed posterior that pass runs at once (pass an explicit amount to keep the
+        result lazy). ``attrs`` record the amount and how it was chosen.
     ci : float, default 0.8
         Probability mass of the central intervals, in (0, 1).
 
@@ -291,7 +303,8 @@ def recommend(
     Recommendation
         An ``xarray.Dataset`` with dims (segment, treatment) (every arm but control),
         coordinates ``segment`` (the ids), ``rule`` and ``treatment``; lazy, one dask graph
-        computed by one ``.compute()``, on a dask-backed posterior. ``print`` shows it as a
+        computed by one ``.compute()``, on a dask-backed posterior with an explicit
+        ``min_practical_effect``. ``print`` shows it as a
         table. Variables (``L`` the per-sample lift, ``effect`` = ``min_practical_effect``):
 
         - ``members`` (segment): visitors the rule matches;
@@ -325,8 +338,10 @@ def recommend(
           bigger baskets;
         - ``note``: empty, or why a value is NaN.
 
-        Attributes: ``ci``, ``min_practical_effect``, ``n_samples``, ``family``, ``control``,
-        ``mcse_method`` and every threshold by name.
+        Attributes: ``ci``, ``min_practical_effect`` (the amount, in the metric's units),
+        ``min_practical_effect_basis`` (``"given"``, or the share and control's mean it is
+        of), ``n_samples``, ``family``, ``control``, ``mcse_method`` and every threshold by
+        name.
 
     Raises
     ------
@@ -335,8 +350,9 @@ def recommend(
         :class:`DecisionThresholds`, or ``ci`` / ``min_practical_effect`` is not a number.
     ValueError
         When ``posterior.observed`` is None, ``ci`` is outside (0, 1),
-        ``min_practical_effect`` is negative or not finite, or the segments
-        are empty or share an id.
+        ``min_practical_effect`` is negative or not finite, the default
+        ``min_practical_effect`` meets a control mean that is not > 0 (pass an explicit
+        amount), or the segments are empty or share an id.
 
     Examples
     --------
@@ -350,7 +366,8 @@ def recommend(
     ['ship', 'stop']
     """
     ci = check_probability("ci", ci, low_open=True, high_open=True)
-    effect = check_metric_amount("min_practical_effect", min_practical_effect)
+    if min_practical_effect is not None:
+        min_practical_effect = check_metric_amount("min_practical_effect", min_practical_effect)
     if thresholds is None:
         thresholds = DecisionThresholds()
     elif not isinstance(thresholds, DecisionThresholds):
@@ -359,7 +376,10 @@ def recommend(
             "(build one: pt.DecisionThresholds(p_positive=0.9, ...))"
         )
     result, member = posterior_and_membership(posterior, EVERYONE if segments is None else segments)
-    means, members, valid = segment_statistics(result, member)
+    means, members, valid, overall = _statistics_and_overall(
+        result, member, overall=min_practical_effect is None
+    )
+    effect, basis = practical_effect(min_practical_effect, overall, CONTROL_MEAN)
     sample_dims = list(result.sample_dims)
     n_samples = result.n_samples
 
@@ -426,6 +446,7 @@ def recommend(
     attrs = {
         "ci": ci,
         "min_practical_effect": effect,
+        "min_practical_effect_basis": basis,
         "n_samples": n_samples,
         "family": result.family,
         "control": result.control,
@@ -521,6 +542,25 @@ def value_of_next_round(mean: xr.DataArray, sd: xr.DataArray) -> xr.DataArray:
     value = (s * (density - z * tail)).clip(min=0.0)  # rounding can dip below 0 at large z
     # sd == 0: no uncertainty, nothing to learn. NaN mean or sd stays NaN.
     return xr.where(s == 0, 0.0, value).where(mean.notnull() & sd.notnull())
+
+
+def _statistics_and_overall(result, member, overall: bool):
+    """Segment statistics and, with ``overall``, control's mean over all visitors: one pass.
+
+    The last value is a callable returning control's posterior mean metric over every visitor
+    (computing it, on dask), from an extra all-visitors row of the same reduction; it returns
+    NaN without ``overall``.
+    """
+    if not overall:
+        return (*segment_statistics(result, member), lambda: math.nan)
+    ids = member["segment"].values
+    everyone = xr.ones_like(member.isel(segment=[0]), dtype=bool).assign_coords(
+        segment=[int(ids.max()) + 1], rule=("segment", ["everyone"])
+    )
+    means, members, valid = segment_statistics(result, xr.concat([member, everyone], "segment"))
+    head = {"segment": slice(0, -1)}
+    control = means.isel(segment=-1).isel({ARM: 0})
+    return means.isel(head), members.isel(head), valid.isel(head), lambda: float(control.mean())
 
 
 def _means_and_intervals(per_sample, sample_dims, ci):
