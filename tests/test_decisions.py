@@ -813,3 +813,65 @@ def test_exports_and_accessor():
         ds.tyche.recommend({0: "everyone"}, ci=0.9),
         recommend(pt.posterior(ds), {0: "everyone"}, ci=0.9),
     )
+
+
+# -- one ship per segment -------------------------------------------------------------------------
+
+
+def two_winners_posterior(chunks=None) -> pt.BinaryBCFResult:
+    """A and B both meet the ship rule in every device segment, with different losses.
+
+    Mobile: B dips below control in one draw of 40 (A's loss is lower); desktop: A does (B's
+    is lower); tablet: neither does (equal losses, 0).
+    """
+    device = np.array(["mobile", "desktop", "tablet"] * 4, dtype=object)
+    variant = np.repeat(np.array(["control", "A", "B"], dtype=object), 4)
+    observed = xr.Dataset(
+        coords={
+            "variant": ("visitor", variant),
+            "outcome": ("visitor", np.zeros(12)),
+            "device": ("visitor", device),
+        },
+        attrs={"pytyche_arms": ["control", "A", "B"]},
+    )
+    conversion = np.empty((12, 40, 3))
+    conversion[...] = [0.1, 0.2, 0.2]
+    conversion[device == "mobile", 0, 2] = 0.09
+    conversion[device == "desktop", 0, 1] = 0.09
+    arms = ["control", "A", "B"]
+    return pt.from_arrays("binary", arms, observed, chunks=chunks, conversion=conversion)
+
+
+def test_only_the_treatment_with_the_least_expected_loss_ships_in_a_segment():
+    segments = {0: "device == 'mobile'", 1: "device == 'desktop'", 2: "device == 'tablet'"}
+    result = recommend(two_winners_posterior(), segments, min_practical_effect=0.02)
+    assert (result["prob_positive"] > 0.95).all() and (result["prob_better"] > 0.8).all()
+    assert (result["expected_loss_ship"] < 0.01).all()  # both meet the ship rule everywhere
+    assert result["decision"].values.tolist() == [
+        ["ship", "continue"],
+        ["continue", "ship"],
+        ["ship", "continue"],  # a tie: the earlier arm ships
+    ]
+    assert result["reason"].values.tolist() == [
+        ["win", "outranked"],
+        ["outranked", "win"],
+        ["win", "outranked"],
+    ]
+    assert result["note"].values.tolist() == [
+        [
+            "ship: lower expected loss of shipping than B",
+            "continue: A ships in this segment (lower expected loss of shipping)",
+        ],
+        [
+            "continue: B ships in this segment (lower expected loss of shipping)",
+            "ship: lower expected loss of shipping than A",
+        ],
+        [
+            "ship: lower expected loss of shipping than B",
+            "continue: A ships in this segment (lower expected loss of shipping)",
+        ],
+    ]
+    assert result.table()["decision"].tolist()[:2] == ["ship", "continue (outranked)"]
+    lazy = recommend(two_winners_posterior(chunks=5), segments, min_practical_effect=0.02)
+    assert lazy["decision"].chunks is not None and lazy["note"].chunks is not None
+    xr.testing.assert_identical(lazy.compute(), result)

@@ -49,6 +49,8 @@ REASONS = {
     "harm": "P(lift < -effect) above the harm threshold",
     "futility": "P(lift > effect) below the futility threshold",
     "undecided": "no threshold crossed yet",
+    "outranked": "meets the ship rule, but another treatment in the segment ships (lower "
+    "expected loss of shipping)",
     NO_DATA: "the segment has no members, or a member's draws are not finite",
 }
 RELATIVE_LIFT_NOTE = "relative lift undefined: control's segment mean is <= 0 in some samples"
@@ -70,7 +72,10 @@ class DecisionThresholds:
     3. else **stop** when ``P(L > effect) < futility``;
     4. else **continue**.
 
-    Every comparison is strict: a value exactly on a threshold does not cross it.
+    Every comparison is strict: a value exactly on a threshold does not cross it. One ship
+    per segment: when several treatments of a segment meet rule 1, only the one with the
+    smallest expected loss of shipping ships (on a tie, the earlier arm); the others
+    **continue**, reason ``"outranked"``, and ``note`` says which treatment ships.
 
     Parameters
     ----------
@@ -143,7 +148,8 @@ class Recommendation(xr.Dataset):
         -------
         pandas.DataFrame
             Columns ``segment``, ``rule``, ``treatment``, ``decision`` (a stop says why:
-            ``stop (harm)`` or ``stop (futility)``), ``lift``
+            ``stop (harm)`` or ``stop (futility)``; ``continue (outranked)``: another
+            treatment of the segment ships), ``lift``
             (mean and interval, metric units), ``relative lift``, the three probabilities,
             both expected losses and ``value of next round``; for hurdle posteriors also the
             ``conversion lift`` and ``value lift`` channels.
@@ -236,7 +242,8 @@ def _computed(dataset: xr.Dataset) -> xr.Dataset:
 
 def _decision_text(cell: xr.Dataset) -> str:
     decision, reason = str(cell["decision"].values), str(cell["reason"].values)
-    return f"{decision} ({reason})" if reason in ("harm", "futility") else decision
+    shown = ("harm", "futility", "outranked")
+    return f"{decision} ({reason})" if reason in shown else decision
 
 
 def _number(value: xr.DataArray, spec: str = ".4g") -> str:
@@ -310,7 +317,9 @@ def recommend(
         - ``members`` (segment): visitors the rule matches;
         - ``decision``: ``"ship"``, ``"continue"`` or ``"stop"`` (``"n/a"`` for a segment
           without members or with non-finite draws); ``reason``: the branch of the rule
-          that fired (``"win"``, ``"harm"``, ``"futility"``, ``"undecided"``, ``"n/a"``);
+          that fired (``"win"``, ``"harm"``, ``"futility"``, ``"undecided"``, ``"n/a"``, or
+          ``"outranked"``: the treatment meets the ship rule but another treatment of the
+          segment ships, see :class:`DecisionThresholds`);
         - ``control_mean``, ``treatment_mean``: posterior means of the segment means;
         - ``lift``, ``lift_lower``, ``lift_upper``: posterior mean of ``L`` and its central
           ``ci`` interval (linear interpolation between samples);
@@ -336,7 +345,10 @@ def recommend(
           ``E[conversion * value] / E[conversion]`` over members, treatment - control), each
           with ``_lower`` and ``_upper``: whether a revenue lift comes from more buyers or
           bigger baskets;
-        - ``note``: empty, or why a value is NaN.
+        - ``note``: empty, or why a value is NaN, and, where several treatments of a segment
+          meet the ship rule, which one ships and why (``"ship: lower expected loss of
+          shipping than B"``, ``"continue: A ships in this segment (lower expected loss of
+          shipping)"``), joined by ``"; "``.
 
         Attributes: ``ci``, ``min_practical_effect`` (the amount, in the metric's units),
         ``min_practical_effect_basis`` (``"given"``, or the share and control's mean it is
@@ -429,19 +441,12 @@ def recommend(
         sigma = xr.zeros_like(variables["lift"])
     variables["value_of_next_round"] = value_of_next_round(variables["lift"], sigma)
 
-    decision, reason = _decide(variables, thresholds, valid)
+    decision, reason, ship_note = _decide(variables, thresholds, valid)
     variables["decision"] = decision
     variables["reason"] = reason
     defined = (control > 0).all(sample_dims) & valid
-    variables["note"] = (
-        xr.where(
-            valid,
-            xr.where(defined, "", RELATIVE_LIFT_NOTE),
-            REASONS[NO_DATA],
-        )
-        .broadcast_like(variables["lift"])
-        .astype(object)
-    )
+    note = xr.where(valid, xr.where(defined, "", RELATIVE_LIFT_NOTE), REASONS[NO_DATA])
+    variables["note"] = _joined(note.broadcast_like(variables["lift"]).astype(object), ship_note)
 
     attrs = {
         "ci": ci,
@@ -583,26 +588,98 @@ def _means_and_intervals(per_sample, sample_dims, ci):
 
 
 def _decide(variables, thresholds: DecisionThresholds, valid):
-    """The rule of pytyche 0.2.1, branch by branch, on (segment, treatment) arrays."""
-    ship = (
+    """The rule of pytyche 0.2.1, branch by branch, then one ship per segment.
+
+    Returns the decision, the reason and the note of the one-ship step, on (segment,
+    treatment) arrays.
+    """
+    meets = (
         (variables["expected_loss_ship"] < thresholds.expected_loss_tolerance)
         & (variables["prob_positive"] > thresholds.p_positive)
         & (variables["prob_better"] > thresholds.p_better)
     )
+    usable = valid.broadcast_like(meets)
+    outranked, ship_note = xr.apply_ufunc(
+        one_ship,
+        meets & usable,
+        variables["expected_loss_ship"],
+        kwargs={"names": [str(t) for t in meets[TREATMENT].values]},
+        input_core_dims=[[TREATMENT], [TREATMENT]],
+        output_core_dims=[[TREATMENT], [TREATMENT]],
+        dask="parallelized",
+        output_dtypes=[bool, object],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+    )
+    ship = meets & ~outranked
     harm = variables["prob_harm"] > thresholds.harm
     futile = variables["prob_better"] < thresholds.futility
-    usable = valid.broadcast_like(ship)
     decision = xr.where(
         usable,
-        xr.where(ship, "ship", xr.where(harm | futile, "stop", "continue")),
+        xr.where(ship, "ship", xr.where(outranked | ~(harm | futile), "continue", "stop")),
         NO_DATA,
     )
+    branch = xr.where(harm, "harm", xr.where(futile, "futility", "undecided"))
     reason = xr.where(
-        usable,
-        xr.where(ship, "win", xr.where(harm, "harm", xr.where(futile, "futility", "undecided"))),
-        NO_DATA,
+        usable, xr.where(ship, "win", xr.where(outranked, "outranked", branch)), NO_DATA
     )
-    return decision.astype(object), reason.astype(object)
+    return decision.astype(object), reason.astype(object), ship_note
+
+
+def one_ship(meets: np.ndarray, loss: np.ndarray, names: list[str]):
+    """Of the treatments that meet the ship rule in a segment, only one ships.
+
+    The one with the smallest expected loss of shipping ships (on a tie, the earlier arm);
+    the others are outranked and continue.
+
+    Parameters
+    ----------
+    meets : numpy.ndarray
+        bool (..., treatment): the treatment meets the ship rule.
+    loss : numpy.ndarray
+        (..., treatment) expected loss of shipping.
+    names : list of str
+        The treatments.
+
+    Returns
+    -------
+    outranked : numpy.ndarray
+        bool (..., treatment): meets the rule, but another treatment of the segment ships.
+    note : numpy.ndarray
+        object (..., treatment): why, for every treatment of a segment where more than one
+        meets the rule; else ``""``.
+
+    Examples
+    --------
+    >>> outranked, note = one_ship(
+    ...     np.array([True, True, False]), np.array([0.002, 0.001, 0.0]), ["A", "B", "C"]
+    ... )
+    >>> outranked.tolist()
+    [True, False, False]
+    >>> note[1]
+    'ship: lower expected loss of shipping than A'
+    """
+    meets = np.asarray(meets, dtype=bool)
+    best = np.argmin(np.where(meets, loss, np.inf), axis=-1)  # the first of equal losses
+    outranked = meets & (np.arange(meets.shape[-1]) != best[..., None])
+    note = np.full(meets.shape, "", dtype=object)
+    for segment in np.ndindex(meets.shape[:-1]):
+        if not outranked[segment].any():
+            continue
+        winner = names[best[segment]]
+        others = [names[k] for k in np.flatnonzero(outranked[segment])]
+        note[segment][outranked[segment]] = (
+            f"continue: {winner} ships in this segment (lower expected loss of shipping)"
+        )
+        note[segment][best[segment]] = (
+            f"ship: lower expected loss of shipping than {', '.join(others)}"
+        )
+    return outranked, note
+
+
+def _joined(first: xr.DataArray, second: xr.DataArray) -> xr.DataArray:
+    """Two text arrays joined element by element with "; ", empty parts left out."""
+    join = np.frompyfunc(lambda a, b: "; ".join(part for part in (a, b) if part), 2, 1)
+    return xr.apply_ufunc(join, first, second, dask="parallelized", output_dtypes=[object])
 
 
 def _drop_stray(array: xr.DataArray) -> xr.DataArray:
