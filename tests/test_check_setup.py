@@ -14,6 +14,7 @@ import pytyche as pt
 from pytyche.setup_check import (
     MIN_CONVERTERS,
     MIN_VISITORS_PER_ARM,
+    RELATIVE_PRACTICAL_EFFECT,
     SetupReport,
     check_setup,
 )
@@ -274,3 +275,25 @@ def test_an_outcome_whose_variance_overflows_is_a_problem_not_a_warning():
     report = pt.check_setup(huge)
     assert not report.ok
     assert any("variance overflows" in p for p in report.problems), report.problems
+
+
+def test_default_effect_is_two_percent_of_controls_observed_mean():
+    outcome = np.r_[np.full(25, 30.0), np.full(25, 50.0), np.full(50, 45.0)]  # control: 40
+    report = check_setup(observed(outcome=outcome), family="continuous")
+    assert RELATIVE_PRACTICAL_EFFECT == 0.02
+    assert report.min_practical_effect == pytest.approx(0.8)
+    assert report.min_practical_effect_basis == "2% of control's mean outcome (40)"
+    z = norm.ppf(0.975) + norm.ppf(0.8)
+    assert report.visitors_needed_per_arm == math.ceil(2 * 100 * z**2 / 0.8**2)
+    assert "a lift of 0.8 (2% of control's mean outcome (40))" in str(report)
+    given = check_setup(observed(outcome=outcome), family="continuous", min_practical_effect=2)
+    assert (given.min_practical_effect, given.min_practical_effect_basis) == (2.0, "given")
+
+
+def test_default_effect_with_a_control_mean_of_zero_skips_the_sample_size_check():
+    outcome = np.r_[np.zeros(50), np.ones(50) * 3.0]
+    report = check_setup(observed(outcome=outcome), family="continuous")
+    assert report.ok and report.visitors_needed_per_arm is None
+    assert report.min_practical_effect is None
+    warning = only(report.warnings, "no sample-size check")
+    assert "which is 0" in warning and "pass min_practical_effect=" in warning

@@ -576,9 +576,45 @@ def test_relative_lift_is_nan_with_a_reason_where_control_mean_can_be_zero():
 
 
 def test_relative_lift_is_nan_for_a_negative_control_mean():
-    result = recommend(lift_posterior({"T": [0.5] * 5}, control=-1.0))
+    result = recommend(lift_posterior({"T": [0.5] * 5}, control=-1.0), min_practical_effect=0.02)
     assert np.isnan(float(result["relative_lift"].item()))
     assert float(result["lift"].item()) == 0.5
+
+
+# -- the default minimum practical effect: 2% of control's mean over all visitors -----------------
+
+
+def test_default_effect_is_two_percent_of_controls_mean_over_all_visitors():
+    # Control's metric is 10 for every visitor; a lift of 0.15 is below 2% of it (0.2).
+    result = recommend(lift_posterior({"T": [0.15] * 5}, control=10.0))
+    assert result.attrs["min_practical_effect"] == pytest.approx(0.2)
+    basis = "2% of control's posterior mean metric over all visitors (10)"
+    assert result.attrs["min_practical_effect_basis"] == basis
+    assert float(result["prob_better"].item()) == 0.0
+    assert f"min practical effect 0.2, {basis}" in str(result)
+    given = recommend(lift_posterior({"T": [0.15] * 5}, control=10.0), min_practical_effect=0.02)
+    assert given.attrs["min_practical_effect"] == 0.02
+    assert given.attrs["min_practical_effect_basis"] == "given"
+    assert float(given["prob_better"].item()) == 1.0
+
+
+def test_default_effect_reads_every_visitor_not_only_the_segments():
+    ds = lift_posterior({"T": [0.0] * 3}).dataset
+    ds["expected"][:, :, 0] = np.array([1.0, 2.0, 3.0, 6.0])[:, None]  # control's mean: 3
+    ds = ds.assign_coords(device=("visitor", ["a", "a", "b", "b"]))
+    result = recommend(pt.ContinuousBCFResult(ds), {5: "device == 'a'"})
+    assert result.attrs["min_practical_effect"] == pytest.approx(0.06)
+    assert result["segment"].values.tolist() == [5] and result["members"].item() == 2
+    assert float(result["control_mean"].item()) == pytest.approx(1.5)
+    lazy = recommend(pt.ContinuousBCFResult(ds.chunk(visitor=2)), {5: "device == 'a'"})
+    assert lazy.attrs == result.attrs
+    assert lazy.compute()["decision"].values.tolist() == result["decision"].values.tolist()
+
+
+@pytest.mark.parametrize("control", [0.0, -1.0])
+def test_default_effect_is_refused_when_controls_mean_is_not_positive(control):
+    with pytest.raises(ValueError, match=r"which is -?[01]: .*pass min_practical_effect="):
+        recommend(lift_posterior({"T": [0.5] * 5}, control=control))
 
 
 # -- Monte Carlo standard errors ------------------------------------------------------------------
@@ -777,3 +813,65 @@ def test_exports_and_accessor():
         ds.tyche.recommend({0: "everyone"}, ci=0.9),
         recommend(pt.posterior(ds), {0: "everyone"}, ci=0.9),
     )
+
+
+# -- one ship per segment -------------------------------------------------------------------------
+
+
+def two_winners_posterior(chunks=None) -> pt.BinaryBCFResult:
+    """A and B both meet the ship rule in every device segment, with different losses.
+
+    Mobile: B dips below control in one draw of 40 (A's loss is lower); desktop: A does (B's
+    is lower); tablet: neither does (equal losses, 0).
+    """
+    device = np.array(["mobile", "desktop", "tablet"] * 4, dtype=object)
+    variant = np.repeat(np.array(["control", "A", "B"], dtype=object), 4)
+    observed = xr.Dataset(
+        coords={
+            "variant": ("visitor", variant),
+            "outcome": ("visitor", np.zeros(12)),
+            "device": ("visitor", device),
+        },
+        attrs={"pytyche_arms": ["control", "A", "B"]},
+    )
+    conversion = np.empty((12, 40, 3))
+    conversion[...] = [0.1, 0.2, 0.2]
+    conversion[device == "mobile", 0, 2] = 0.09
+    conversion[device == "desktop", 0, 1] = 0.09
+    arms = ["control", "A", "B"]
+    return pt.from_arrays("binary", arms, observed, chunks=chunks, conversion=conversion)
+
+
+def test_only_the_treatment_with_the_least_expected_loss_ships_in_a_segment():
+    segments = {0: "device == 'mobile'", 1: "device == 'desktop'", 2: "device == 'tablet'"}
+    result = recommend(two_winners_posterior(), segments, min_practical_effect=0.02)
+    assert (result["prob_positive"] > 0.95).all() and (result["prob_better"] > 0.8).all()
+    assert (result["expected_loss_ship"] < 0.01).all()  # both meet the ship rule everywhere
+    assert result["decision"].values.tolist() == [
+        ["ship", "continue"],
+        ["continue", "ship"],
+        ["ship", "continue"],  # a tie: the earlier arm ships
+    ]
+    assert result["reason"].values.tolist() == [
+        ["win", "outranked"],
+        ["outranked", "win"],
+        ["win", "outranked"],
+    ]
+    assert result["note"].values.tolist() == [
+        [
+            "ship: lower expected loss of shipping than B",
+            "continue: A ships in this segment (lower expected loss of shipping)",
+        ],
+        [
+            "continue: B ships in this segment (lower expected loss of shipping)",
+            "ship: lower expected loss of shipping than A",
+        ],
+        [
+            "ship: lower expected loss of shipping than B",
+            "continue: A ships in this segment (lower expected loss of shipping)",
+        ],
+    ]
+    assert result.table()["decision"].tolist()[:2] == ["ship", "continue (outranked)"]
+    lazy = recommend(two_winners_posterior(chunks=5), segments, min_practical_effect=0.02)
+    assert lazy["decision"].chunks is not None and lazy["note"].chunks is not None
+    xr.testing.assert_identical(lazy.compute(), result)

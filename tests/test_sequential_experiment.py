@@ -288,3 +288,35 @@ def test_covariates_must_not_change_between_rounds(monkeypatch):
     out = serve(exp.plan()).drop(columns="age")
     with pytest.raises(ValueError, match="earlier rounds had"):
         exp.record(logged_observed(out))
+
+
+def hurdle_round(plan, converters_of_a):
+    """Serve a round; arm A converts exactly ``converters_of_a`` times, the others often."""
+    out = plan.assign(visitors(300, plan.round))
+    rng = np.random.default_rng(plan.round)
+    spend = rng.lognormal(3.0, 0.5, len(out))
+    converts = rng.random(len(out)) < 0.3
+    is_a = (out["arm"] == "A").to_numpy()
+    converts[is_a] = np.arange(is_a.sum()) < converters_of_a
+    out["outcome"] = np.where(converts, spend, 0.0)
+    return out
+
+
+def test_hurdle_burn_in_waits_for_the_converters_the_fit_needs():
+    fit_options = {"n_draws": 10, "n_trees_mu": 10, "n_trees_tau": 5, "n_warmstart": 2}
+    exp = experiment(family="hurdle", fit_options={**fit_options, "num_threads": 1})
+    exp.record(logged_observed(hurdle_round(exp.plan(), converters_of_a=9)))
+    plan = exp.advance()  # enough visitors everywhere, but A has 9 converters: no fit yet
+    assert plan.status == "burn-in" and exp.posterior is None
+    assert plan.notes["arm_converters"]["A"] == 9
+    assert plan.notes["waiting_for"] == ["A: 9 of 10 converters (outcome > 0)"]
+    assert "and 10 converters (outcome > 0), so far control" in str(plan)
+    exp.record(logged_observed(hurdle_round(plan, converters_of_a=1)))
+    assert exp.advance().status == "optimized" and exp.posterior.family == "hurdle"
+
+
+def test_a_fit_refused_by_the_setup_check_points_at_fit_data():
+    exp = experiment(family="binary", min_visitors_per_arm=1)
+    exp.record(logged_observed(serve(exp.plan())))  # a normal outcome: not 0/1
+    with pytest.raises(ValueError, match=r"check_setup\(exp\.fit_data\(\)\[0\], family='binary'\)"):
+        exp.advance()

@@ -52,7 +52,7 @@ class TycheAccessor:
         segments=None,
         *,
         thresholds: DecisionThresholds | None = None,
-        min_practical_effect: float = 0.02,
+        min_practical_effect: float | None = None,
         ci: float = 0.8,
     ) -> Recommendation:
         """Call :func:`pytyche.analysis.recommend` on this Dataset."""

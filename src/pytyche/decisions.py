@@ -21,6 +21,7 @@ from . import _html
 from ._mcse import probability_mcse
 from ._validate import check_metric_amount, check_probability
 from .results import ARM, CHAIN, BCFResult, BinaryBCFResult, HurdleBCFResult
+from .setup_check import practical_effect
 from .statistics import (
     Segments,
     indicator_ess,
@@ -48,10 +49,14 @@ REASONS = {
     "harm": "P(lift < -effect) above the harm threshold",
     "futility": "P(lift > effect) below the futility threshold",
     "undecided": "no threshold crossed yet",
+    "outranked": "meets the ship rule, but another treatment in the segment ships (lower "
+    "expected loss of shipping)",
     NO_DATA: "the segment has no members, or a member's draws are not finite",
 }
 RELATIVE_LIFT_NOTE = "relative lift undefined: control's segment mean is <= 0 in some samples"
 PROBABILITIES = ("prob_positive", "prob_better", "prob_harm")
+# What the default minimum practical effect is a share of.
+CONTROL_MEAN = "control's posterior mean metric over all visitors"
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,10 @@ class DecisionThresholds:
     3. else **stop** when ``P(L > effect) < futility``;
     4. else **continue**.
 
-    Every comparison is strict: a value exactly on a threshold does not cross it.
+    Every comparison is strict: a value exactly on a threshold does not cross it. One ship
+    per segment: when several treatments of a segment meet rule 1, only the one with the
+    smallest expected loss of shipping ships (on a tie, the earlier arm); the others
+    **continue**, reason ``"outranked"``, and ``note`` says which treatment ships.
 
     Parameters
     ----------
@@ -140,7 +148,8 @@ class Recommendation(xr.Dataset):
         -------
         pandas.DataFrame
             Columns ``segment``, ``rule``, ``treatment``, ``decision`` (a stop says why:
-            ``stop (harm)`` or ``stop (futility)``), ``lift``
+            ``stop (harm)`` or ``stop (futility)``; ``continue (outranked)``: another
+            treatment of the segment ships), ``lift``
             (mean and interval, metric units), ``relative lift``, the three probabilities,
             both expected losses and ``value of next round``; for hurdle posteriors also the
             ``conversion lift`` and ``value lift`` channels.
@@ -194,10 +203,13 @@ class Recommendation(xr.Dataset):
 
     def _header(self) -> str:
         t = self.attrs
+        effect = f"{t.get('min_practical_effect', float('nan')):g}"
+        basis = t.get("min_practical_effect_basis", "given")
+        if basis != "given":
+            effect += f", {basis}"
         return (
             f"Decisions per segment and treatment (vs {t.get('control', 'control')}; "
-            f"{t.get('n_samples', '?')} posterior samples; min practical effect "
-            f"{t.get('min_practical_effect', float('nan')):g})\n"
+            f"{t.get('n_samples', '?')} posterior samples; min practical effect {effect})\n"
             f"  ship: loss if ship < {t.get('expected_loss_tolerance', float('nan')):g}, "
             f"P(>0) > {t.get('p_positive', float('nan')):g}, "
             f"P(>effect) > {t.get('p_better', float('nan')):g}; "
@@ -230,7 +242,8 @@ def _computed(dataset: xr.Dataset) -> xr.Dataset:
 
 def _decision_text(cell: xr.Dataset) -> str:
     decision, reason = str(cell["decision"].values), str(cell["reason"].values)
-    return f"{decision} ({reason})" if reason in ("harm", "futility") else decision
+    shown = ("harm", "futility", "outranked")
+    return f"{decision} ({reason})" if reason in shown else decision
 
 
 def _number(value: xr.DataArray, spec: str = ".4g") -> str:
@@ -254,7 +267,7 @@ def recommend(
     segments: Segments | None = None,
     *,
     thresholds: DecisionThresholds | None = None,
-    min_practical_effect: float = 0.02,
+    min_practical_effect: float | None = None,
     ci: float = 0.8,
 ) -> Recommendation:
     """Per segment and treatment: ship, continue or stop, with the evidence for it.
@@ -281,8 +294,14 @@ def recommend(
         Default: one segment, id 0, rule ``everyone``.
     thresholds : DecisionThresholds, optional
         The rule's thresholds; default ``DecisionThresholds()``.
-    min_practical_effect : float, default 0.02
-        The smallest lift worth having, in the metric's units (>= 0).
+    min_practical_effect : float, optional
+        The smallest lift worth having: an absolute amount in the metric's units (>= 0).
+        Default: relative, :data:`pytyche.setup_check.RELATIVE_PRACTICAL_EFFECT` (2%) of
+        control's posterior mean metric over all the posterior's visitors (the mean over
+        samples of control's mean per-visitor metric), so it follows the metric's scale. The
+        default is computed from the same pass over the posterior as the segment means; on a
+        dask-backed posterior that pass runs at once (pass an explicit amount to keep the
+        result lazy). ``attrs`` record the amount and how it was chosen.
     ci : float, default 0.8
         Probability mass of the central intervals, in (0, 1).
 
@@ -291,13 +310,16 @@ def recommend(
     Recommendation
         An ``xarray.Dataset`` with dims (segment, treatment) (every arm but control),
         coordinates ``segment`` (the ids), ``rule`` and ``treatment``; lazy, one dask graph
-        computed by one ``.compute()``, on a dask-backed posterior. ``print`` shows it as a
+        computed by one ``.compute()``, on a dask-backed posterior with an explicit
+        ``min_practical_effect``. ``print`` shows it as a
         table. Variables (``L`` the per-sample lift, ``effect`` = ``min_practical_effect``):
 
         - ``members`` (segment): visitors the rule matches;
         - ``decision``: ``"ship"``, ``"continue"`` or ``"stop"`` (``"n/a"`` for a segment
           without members or with non-finite draws); ``reason``: the branch of the rule
-          that fired (``"win"``, ``"harm"``, ``"futility"``, ``"undecided"``, ``"n/a"``);
+          that fired (``"win"``, ``"harm"``, ``"futility"``, ``"undecided"``, ``"n/a"``, or
+          ``"outranked"``: the treatment meets the ship rule but another treatment of the
+          segment ships, see :class:`DecisionThresholds`);
         - ``control_mean``, ``treatment_mean``: posterior means of the segment means;
         - ``lift``, ``lift_lower``, ``lift_upper``: posterior mean of ``L`` and its central
           ``ci`` interval (linear interpolation between samples);
@@ -323,10 +345,15 @@ def recommend(
           ``E[conversion * value] / E[conversion]`` over members, treatment - control), each
           with ``_lower`` and ``_upper``: whether a revenue lift comes from more buyers or
           bigger baskets;
-        - ``note``: empty, or why a value is NaN.
+        - ``note``: empty, or why a value is NaN, and, where several treatments of a segment
+          meet the ship rule, which one ships and why (``"ship: lower expected loss of
+          shipping than B"``, ``"continue: A ships in this segment (lower expected loss of
+          shipping)"``), joined by ``"; "``.
 
-        Attributes: ``ci``, ``min_practical_effect``, ``n_samples``, ``family``, ``control``,
-        ``mcse_method`` and every threshold by name.
+        Attributes: ``ci``, ``min_practical_effect`` (the amount, in the metric's units),
+        ``min_practical_effect_basis`` (``"given"``, or the share and control's mean it is
+        of), ``n_samples``, ``family``, ``control``, ``mcse_method`` and every threshold by
+        name.
 
     Raises
     ------
@@ -335,8 +362,9 @@ def recommend(
         :class:`DecisionThresholds`, or ``ci`` / ``min_practical_effect`` is not a number.
     ValueError
         When ``posterior.observed`` is None, ``ci`` is outside (0, 1),
-        ``min_practical_effect`` is negative or not finite, or the segments
-        are empty or share an id.
+        ``min_practical_effect`` is negative or not finite, the default
+        ``min_practical_effect`` meets a control mean that is not > 0 (pass an explicit
+        amount), or the segments are empty or share an id.
 
     Examples
     --------
@@ -350,7 +378,8 @@ def recommend(
     ['ship', 'stop']
     """
     ci = check_probability("ci", ci, low_open=True, high_open=True)
-    effect = check_metric_amount("min_practical_effect", min_practical_effect)
+    if min_practical_effect is not None:
+        min_practical_effect = check_metric_amount("min_practical_effect", min_practical_effect)
     if thresholds is None:
         thresholds = DecisionThresholds()
     elif not isinstance(thresholds, DecisionThresholds):
@@ -359,7 +388,10 @@ def recommend(
             "(build one: pt.DecisionThresholds(p_positive=0.9, ...))"
         )
     result, member = posterior_and_membership(posterior, EVERYONE if segments is None else segments)
-    means, members, valid = segment_statistics(result, member)
+    means, members, valid, overall = _statistics_and_overall(
+        result, member, overall=min_practical_effect is None
+    )
+    effect, basis = practical_effect(min_practical_effect, overall, CONTROL_MEAN)
     sample_dims = list(result.sample_dims)
     n_samples = result.n_samples
 
@@ -409,23 +441,17 @@ def recommend(
         sigma = xr.zeros_like(variables["lift"])
     variables["value_of_next_round"] = value_of_next_round(variables["lift"], sigma)
 
-    decision, reason = _decide(variables, thresholds, valid)
+    decision, reason, ship_note = _decide(variables, thresholds, valid)
     variables["decision"] = decision
     variables["reason"] = reason
     defined = (control > 0).all(sample_dims) & valid
-    variables["note"] = (
-        xr.where(
-            valid,
-            xr.where(defined, "", RELATIVE_LIFT_NOTE),
-            REASONS[NO_DATA],
-        )
-        .broadcast_like(variables["lift"])
-        .astype(object)
-    )
+    note = xr.where(valid, xr.where(defined, "", RELATIVE_LIFT_NOTE), REASONS[NO_DATA])
+    variables["note"] = _joined(note.broadcast_like(variables["lift"]).astype(object), ship_note)
 
     attrs = {
         "ci": ci,
         "min_practical_effect": effect,
+        "min_practical_effect_basis": basis,
         "n_samples": n_samples,
         "family": result.family,
         "control": result.control,
@@ -523,6 +549,25 @@ def value_of_next_round(mean: xr.DataArray, sd: xr.DataArray) -> xr.DataArray:
     return xr.where(s == 0, 0.0, value).where(mean.notnull() & sd.notnull())
 
 
+def _statistics_and_overall(result, member, overall: bool):
+    """Segment statistics and, with ``overall``, control's mean over all visitors: one pass.
+
+    The last value is a callable returning control's posterior mean metric over every visitor
+    (computing it, on dask), from an extra all-visitors row of the same reduction; it returns
+    NaN without ``overall``.
+    """
+    if not overall:
+        return (*segment_statistics(result, member), lambda: math.nan)
+    ids = member["segment"].values
+    everyone = xr.ones_like(member.isel(segment=[0]), dtype=bool).assign_coords(
+        segment=[int(ids.max()) + 1], rule=("segment", ["everyone"])
+    )
+    means, members, valid = segment_statistics(result, xr.concat([member, everyone], "segment"))
+    head = {"segment": slice(0, -1)}
+    control = means.isel(segment=-1).isel({ARM: 0})
+    return means.isel(head), members.isel(head), valid.isel(head), lambda: float(control.mean())
+
+
 def _means_and_intervals(per_sample, sample_dims, ci):
     """Posterior mean and central interval of each per-sample array, in one quantile call."""
     names = list(per_sample)
@@ -543,26 +588,98 @@ def _means_and_intervals(per_sample, sample_dims, ci):
 
 
 def _decide(variables, thresholds: DecisionThresholds, valid):
-    """The rule of pytyche 0.2.1, branch by branch, on (segment, treatment) arrays."""
-    ship = (
+    """The rule of pytyche 0.2.1, branch by branch, then one ship per segment.
+
+    Returns the decision, the reason and the note of the one-ship step, on (segment,
+    treatment) arrays.
+    """
+    meets = (
         (variables["expected_loss_ship"] < thresholds.expected_loss_tolerance)
         & (variables["prob_positive"] > thresholds.p_positive)
         & (variables["prob_better"] > thresholds.p_better)
     )
+    usable = valid.broadcast_like(meets)
+    outranked, ship_note = xr.apply_ufunc(
+        one_ship,
+        meets & usable,
+        variables["expected_loss_ship"],
+        kwargs={"names": [str(t) for t in meets[TREATMENT].values]},
+        input_core_dims=[[TREATMENT], [TREATMENT]],
+        output_core_dims=[[TREATMENT], [TREATMENT]],
+        dask="parallelized",
+        output_dtypes=[bool, object],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+    )
+    ship = meets & ~outranked
     harm = variables["prob_harm"] > thresholds.harm
     futile = variables["prob_better"] < thresholds.futility
-    usable = valid.broadcast_like(ship)
     decision = xr.where(
         usable,
-        xr.where(ship, "ship", xr.where(harm | futile, "stop", "continue")),
+        xr.where(ship, "ship", xr.where(outranked | ~(harm | futile), "continue", "stop")),
         NO_DATA,
     )
+    branch = xr.where(harm, "harm", xr.where(futile, "futility", "undecided"))
     reason = xr.where(
-        usable,
-        xr.where(ship, "win", xr.where(harm, "harm", xr.where(futile, "futility", "undecided"))),
-        NO_DATA,
+        usable, xr.where(ship, "win", xr.where(outranked, "outranked", branch)), NO_DATA
     )
-    return decision.astype(object), reason.astype(object)
+    return decision.astype(object), reason.astype(object), ship_note
+
+
+def one_ship(meets: np.ndarray, loss: np.ndarray, names: list[str]):
+    """Of the treatments that meet the ship rule in a segment, only one ships.
+
+    The one with the smallest expected loss of shipping ships (on a tie, the earlier arm);
+    the others are outranked and continue.
+
+    Parameters
+    ----------
+    meets : numpy.ndarray
+        bool (..., treatment): the treatment meets the ship rule.
+    loss : numpy.ndarray
+        (..., treatment) expected loss of shipping.
+    names : list of str
+        The treatments.
+
+    Returns
+    -------
+    outranked : numpy.ndarray
+        bool (..., treatment): meets the rule, but another treatment of the segment ships.
+    note : numpy.ndarray
+        object (..., treatment): why, for every treatment of a segment where more than one
+        meets the rule; else ``""``.
+
+    Examples
+    --------
+    >>> outranked, note = one_ship(
+    ...     np.array([True, True, False]), np.array([0.002, 0.001, 0.0]), ["A", "B", "C"]
+    ... )
+    >>> outranked.tolist()
+    [True, False, False]
+    >>> note[1]
+    'ship: lower expected loss of shipping than A'
+    """
+    meets = np.asarray(meets, dtype=bool)
+    best = np.argmin(np.where(meets, loss, np.inf), axis=-1)  # the first of equal losses
+    outranked = meets & (np.arange(meets.shape[-1]) != best[..., None])
+    note = np.full(meets.shape, "", dtype=object)
+    for segment in np.ndindex(meets.shape[:-1]):
+        if not outranked[segment].any():
+            continue
+        winner = names[best[segment]]
+        others = [names[k] for k in np.flatnonzero(outranked[segment])]
+        note[segment][outranked[segment]] = (
+            f"continue: {winner} ships in this segment (lower expected loss of shipping)"
+        )
+        note[segment][best[segment]] = (
+            f"ship: lower expected loss of shipping than {', '.join(others)}"
+        )
+    return outranked, note
+
+
+def _joined(first: xr.DataArray, second: xr.DataArray) -> xr.DataArray:
+    """Two text arrays joined element by element with "; ", empty parts left out."""
+    join = np.frompyfunc(lambda a, b: "; ".join(part for part in (a, b) if part), 2, 1)
+    return xr.apply_ufunc(join, first, second, dask="parallelized", output_dtypes=[object])
 
 
 def _drop_stray(array: xr.DataArray) -> xr.DataArray:

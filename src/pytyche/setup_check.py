@@ -9,7 +9,7 @@ runs it and raises on problems.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,17 +23,28 @@ from .data import OUTCOME, VARIANT
 from .results import RESULT_TYPES
 from .segments import covariate_kind, covariate_names
 
-__all__ = ["SetupReport", "check_setup"]
+__all__ = [
+    "RELATIVE_PRACTICAL_EFFECT",
+    "SetupReport",
+    "check_setup",
+    "converters_needed",
+    "practical_effect",
+]
 
 #: Fewer visitors than this in an arm is a problem: no fit can estimate that arm's effect.
 MIN_VISITORS_PER_ARM = 10
 #: A hurdle fit's value model needs at least this many converters (outcome > 0) in every arm.
 MIN_CONVERTERS = 10
+#: Where :meth:`SetupReport.raise_for_problems` says the full report is, by default.
+FULL_REPORT = "pytyche.check_setup(observed) shows the full report"
 #: A covariate missing for more than this share of visitors is warned about.
 MISSING_WARN_SHARE = 0.5
 #: A text or integer covariate with a distinct value for each of at least this many visitors
 #: looks like an identifier.
 MIN_ID_VISITORS = 20
+#: The default minimum practical effect (``min_practical_effect=None``) is relative: this share
+#: (2%) of the control arm's mean metric. An explicit ``min_practical_effect`` is absolute.
+RELATIVE_PRACTICAL_EFFECT = 0.02
 #: The sample-size check: two-sided test at this level, with this power.
 ALPHA = 0.05
 POWER = 0.80
@@ -61,8 +72,12 @@ class SetupReport:
         Visitors with ``outcome > 0`` per arm (binary and hurdle families), else None.
     missing_share : dict of str to float
         Share of visitors with a missing value, per covariate.
-    min_practical_effect : float
-        The lift the sample-size check is for, in the outcome's units.
+    min_practical_effect : float or None
+        The lift the sample-size check is for, in the outcome's units; None when the default
+        could not be resolved (no check).
+    min_practical_effect_basis : str
+        How it was chosen: ``"given"``, or ``"2% of control's mean outcome (...)"`` for the
+        default (:data:`RELATIVE_PRACTICAL_EFFECT`).
     visitors_needed_per_arm : int or None
         Visitors per arm needed to detect ``min_practical_effect`` with 80% power in a
         two-sided 5% test of treatment against control (normal approximation, the control
@@ -76,7 +91,8 @@ class SetupReport:
     visitors: dict[str, int] = field(default_factory=dict)
     conversions: dict[str, int] | None = None
     missing_share: dict[str, float] = field(default_factory=dict)
-    min_practical_effect: float = 0.02
+    min_practical_effect: float | None = None
+    min_practical_effect_basis: str = "given"
     visitors_needed_per_arm: int | None = None
 
     @property
@@ -84,8 +100,15 @@ class SetupReport:
         """True when there are no problems."""
         return not self.problems
 
-    def raise_for_problems(self) -> None:
+    def raise_for_problems(self, full_report: str = FULL_REPORT) -> None:
         """Raise ``ValueError`` listing every problem; do nothing when there are none.
+
+        Parameters
+        ----------
+        full_report : str, optional
+            Where the message says the full report is: default
+            ``"pytyche.check_setup(observed) shows the full report"``; a caller whose user does
+            not hold ``observed`` points at data the user has.
 
         Raises
         ------
@@ -96,8 +119,14 @@ class SetupReport:
             listed = "\n".join(f"  - {p}" for p in self.problems)
             raise ValueError(
                 f"the observed data is not ready for a fit ({len(self.problems)} problem(s); "
-                f"pytyche.check_setup(observed) shows the full report):\n{listed}"
+                f"{full_report}):\n{listed}"
             )
+
+    def effect_text(self) -> str:
+        """The minimum practical effect as reports show it, with its basis unless given."""
+        effect = f"{self.min_practical_effect:g}"
+        basis = self.min_practical_effect_basis
+        return effect if basis == "given" else f"{effect} ({basis})"
 
     def __str__(self) -> str:
         lines = [
@@ -111,7 +140,7 @@ class SetupReport:
             lines.append(line)
         if self.visitors_needed_per_arm is not None:
             lines.append(
-                f"  visitors per arm needed to detect a lift of {self.min_practical_effect:g} "
+                f"  visitors per arm needed to detect a lift of {self.effect_text()} "
                 f"(80% power, two-sided 5%): about {self.visitors_needed_per_arm:,}"
             )
         missing = {k: v for k, v in self.missing_share.items() if v > 0}
@@ -143,7 +172,7 @@ def _report_html(report: SetupReport) -> str:
         ""
         if needed is None
         else _html.paragraph(
-            f"Visitors per arm needed to detect a lift of {report.min_practical_effect:g} (80% "
+            f"Visitors per arm needed to detect a lift of {report.effect_text()} (80% "
             f"power, two-sided 5%): about {needed:,}"
         )
     )
@@ -169,7 +198,7 @@ def check_setup(
     observed: xr.Dataset,
     *,
     arms: Sequence[str] | None = None,
-    min_practical_effect: float = 0.02,
+    min_practical_effect: float | None = None,
     family: str | None = None,
 ) -> SetupReport:
     """Check observed experiment data before fitting, and report what is wrong or thin.
@@ -190,8 +219,9 @@ def check_setup(
 
     The sample-size check is the usual normal approximation for a difference of two means:
     ``n = 2 var (z(1 - alpha/2) + z(power))² / δ²`` visitors per arm, with ``δ`` =
-    ``min_practical_effect``, alpha = 5%, power 80% and ``var`` the control arm's outcome
-    variance (``p (1 - p)`` for a binary outcome; all visitors' variance when control's is 0).
+    ``min_practical_effect`` (by default 2% of the control arm's mean outcome), alpha = 5%,
+    power 80% and ``var`` the control arm's outcome variance (``p (1 - p)`` for a binary
+    outcome; all visitors' variance when control's is 0).
     It is a floor for the whole experiment: each segment you want a decision in needs about
     that many visitors per arm of its own.
 
@@ -202,9 +232,12 @@ def check_setup(
     arms : sequence of str, optional
         Arm names, control first. Default: the ``pytyche_arms`` attribute when present, else
         the ``variant`` labels in row order.
-    min_practical_effect : float, default 0.02
-        The smallest lift worth detecting, in the outcome's units (>= 0; 0 skips the
-        sample-size check).
+    min_practical_effect : float, optional
+        The smallest lift worth detecting, an absolute amount in the outcome's units (>= 0; 0
+        skips the sample-size check). Default: :data:`RELATIVE_PRACTICAL_EFFECT` (2%) of the
+        control arm's observed mean outcome, as :func:`pytyche.recommend` resolves it; when
+        that mean is not > 0 the sample-size check is skipped with a warning asking for an
+        explicit amount. The report records the amount and how it was chosen.
     family : {"binary", "continuous", "hurdle"}, optional
         The family you will fit; None skips the family's checks (conversions are then not
         counted).
@@ -239,7 +272,9 @@ def check_setup(
             f"observed must be an xarray.Dataset (see pytyche.observed_data), got "
             f"{type(observed).__name__}"
         )
-    effect = check_metric_amount("min_practical_effect", min_practical_effect)
+    effect = None
+    if min_practical_effect is not None:
+        effect = check_metric_amount("min_practical_effect", min_practical_effect)
     if arms is not None:
         arms = check_arm_names(arms)
     if family is not None:
@@ -263,6 +298,82 @@ def check_setup(
     if outcome is not None and codes is not None:
         _check_sample_size(report, outcome, codes)
     return report
+
+
+def converters_needed(family: str | None) -> int:
+    """Converters (outcome > 0) a fit of ``family`` needs in every arm.
+
+    The one home of this rule: :func:`check_setup` reports an arm below it as a problem, and a
+    sequential experiment stays in burn-in until every active arm reaches it.
+
+    Parameters
+    ----------
+    family : str or None
+        The family to fit.
+
+    Returns
+    -------
+    int
+        :data:`MIN_CONVERTERS` for ``"hurdle"`` (its value model trains on each arm's
+        converters); 0 otherwise (a binary fit needs both outcomes overall, not per arm).
+
+    Examples
+    --------
+    >>> converters_needed("hurdle"), converters_needed("binary")
+    (10, 0)
+    """
+    return MIN_CONVERTERS if family == "hurdle" else 0
+
+
+def practical_effect(
+    min_practical_effect: float | None, control_mean: Callable[[], float], control: str
+) -> tuple[float, str]:
+    """The minimum practical effect in the metric's units, and how it was chosen.
+
+    The one home of the default: :func:`pytyche.recommend` and :func:`check_setup` both
+    resolve ``min_practical_effect`` here.
+
+    Parameters
+    ----------
+    min_practical_effect : float or None
+        An absolute amount in the metric's units (>= 0), or None for
+        :data:`RELATIVE_PRACTICAL_EFFECT` (2%) of control's mean metric.
+    control_mean : callable
+        Returns control's mean metric; called only for the default.
+    control : str
+        What ``control_mean`` is, for the basis text and the error.
+
+    Returns
+    -------
+    effect : float
+        The amount, in the metric's units.
+    basis : str
+        How it was chosen: ``"given"``, or the share and the mean it is of.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an explicit amount that is not a finite number >= 0; for the default when control's
+        mean is not a finite number > 0 (a relative effect of it means nothing).
+
+    Examples
+    --------
+    >>> practical_effect(None, lambda: 40.0, "control's mean outcome")
+    (0.8, "2% of control's mean outcome (40)")
+    >>> practical_effect(0.5, lambda: -1.0, "control's mean outcome")
+    (0.5, 'given')
+    """
+    if min_practical_effect is not None:
+        return check_metric_amount("min_practical_effect", min_practical_effect), "given"
+    mean = float(control_mean())
+    if not (math.isfinite(mean) and mean > 0):
+        raise ValueError(
+            f"the default min_practical_effect is {RELATIVE_PRACTICAL_EFFECT:.0%} of {control}, "
+            f"which is {mean:g}: a relative effect needs a mean > 0; pass "
+            "min_practical_effect=<the smallest lift worth having, in the metric's units>"
+        )
+    effect = RELATIVE_PRACTICAL_EFFECT * mean
+    return effect, f"{RELATIVE_PRACTICAL_EFFECT:.0%} of {control} ({mean:.4g})"
 
 
 def _check_arms(report, labels, arms, attrs_arms):
@@ -349,11 +460,12 @@ def _check_outcome(report, observed, names, codes):
     if family in ("binary", "hurdle") and codes is not None:
         converted = np.bincount(codes, weights=outcome > 0, minlength=len(report.arms))
         report.conversions = {arm: int(converted[k]) for k, arm in enumerate(report.arms)}
+        needed = converters_needed(family)
         for arm, n in report.conversions.items():
-            if family == "hurdle" and n < MIN_CONVERTERS:
+            if n < needed:
                 report.problems.append(
                     f"arm {arm!r} has {n} converter(s) (outcome > 0); a hurdle fit's value model "
-                    f"needs at least {MIN_CONVERTERS} in every arm"
+                    f"needs at least {needed} in every arm"
                 )
             elif family == "binary" and report.visitors[arm] and n in (0, report.visitors[arm]):
                 report.warnings.append(
@@ -414,12 +526,31 @@ def _integer_valued(values: np.ndarray) -> bool:
     return False
 
 
+def _resolve_effect(report, control):
+    """Set the report's minimum practical effect and its basis; False (warned) when it has none."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(np.mean(control)) if control.size else math.nan
+    try:
+        effect, basis = practical_effect(
+            report.min_practical_effect, lambda: mean, "control's mean outcome"
+        )
+    except ValueError as error:
+        report.warnings.append(f"no sample-size check: {error}")
+        return False
+    report.min_practical_effect, report.min_practical_effect_basis = effect, basis
+    return True
+
+
 def _check_sample_size(report, outcome, codes):
     """Visitors per arm needed for the minimum practical effect, against those present."""
-    effect = report.min_practical_effect
-    if effect == 0 or len(report.arms) < 2:
+    if len(report.arms) < 2:
         return
     control = outcome[codes == 0]
+    if not _resolve_effect(report, control):
+        return
+    effect = report.min_practical_effect
+    if effect == 0:
+        return
     # ddof=0: for a 0/1 outcome this is exactly p (1 - p). Outcomes near the float range
     # overflow the variance: that is a problem of the data, reported, not a warning raised.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -441,7 +572,8 @@ def _check_sample_size(report, outcome, codes):
     if short:
         listed = ", ".join(f"{arm!r} {n:,}" for arm, n in short.items())
         report.warnings.append(
-            f"detecting a lift of {effect:g} (80% power, two-sided 5%) needs about {needed:,} "
+            f"detecting a lift of {report.effect_text()} (80% power, two-sided 5%) needs about "
+            f"{needed:,} "
             f"visitors per arm; {listed} have fewer: expect 'continue' decisions, or choose a "
             "larger min_practical_effect"
         )

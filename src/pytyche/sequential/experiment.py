@@ -20,9 +20,10 @@ from .._mcse import effective_sample_size, probability_mcse
 from .._version import __version__
 from ..analysis import segment_means
 from ..data import observed_data
-from ..fitting import fit
+from ..fitting import fit, infer_family
 from ..policy_tree import fit_policy_tree
 from ..results import CHAIN, DRAW
+from ..setup_check import check_setup, converters_needed
 from .assign import MAX_SEED, visitor_keys
 from .plan import (
     CELLS,
@@ -96,7 +97,9 @@ def sequential_experiment(
         Smallest segment, as a share of the fitted visitors, in (0, 0.5].
     min_visitors_per_arm : int, default 100
         Burn-in: the optimized cell stays uniform (and no fit is made) until every active arm
-        has this many recorded visitors.
+        has this many recorded visitors, and, for a hurdle fit, at least
+        :data:`pytyche.setup_check.MIN_CONVERTERS` converters (outcome > 0); the plan's notes
+        say what is still missing.
     schedule : None, int, ("doubling", n), ("fixed", n) or list of int
         Round sizes: None doubles from 1,000; see :func:`~pytyche.sequential.check_schedule`.
     fit_options : mapping, optional
@@ -494,11 +497,13 @@ class SequentialExperiment:
     def advance(self) -> RoundPlan:
         """Close the current round and plan the next one.
 
-        Checks the round's sample ratio (warns on a flagged round), then, past burn-in,
-        refits the posterior on every recorded visitor (the logged propensities are the fit's
-        ``propensity``, a covariate of its forests), refits the policy tree, drops arms and
-        finds graduation candidates, and builds the next plan. Every step runs on copies: if
-        any raises, the experiment is exactly as before.
+        Checks the round's sample ratio (warns on a flagged round), then, past burn-in (every
+        active arm with ``min_visitors_per_arm`` visitors and the converters a hurdle fit
+        needs), checks the data as :func:`pytyche.check_setup` does, refits the posterior on
+        every recorded visitor (the logged propensities are the fit's ``propensity``, a
+        covariate of its forests), refits the policy tree, drops arms and finds graduation
+        candidates, and builds the next plan. Every step runs on copies: if any raises, the
+        experiment is exactly as before.
 
         Returns
         -------
@@ -508,8 +513,9 @@ class SequentialExperiment:
         Raises
         ------
         ValueError
-            When the schedule has no next round, and as :func:`pytyche.fit` and
-            :func:`pytyche.fit_policy_tree` raise.
+            When the schedule has no next round; when the data is not ready for a fit (every
+            problem listed; ``pytyche.check_setup(exp.fit_data()[0], family=...)`` shows the
+            report); and as :func:`pytyche.fit` and :func:`pytyche.fit_policy_tree` raise.
 
         Warns
         -----
@@ -535,16 +541,12 @@ class SequentialExperiment:
                 )
         cumulative = self.recorded()
         active = list(plan.active)
-        counts = {a: 0 for a in self.arms}
-        if cumulative is not None:
-            served, n = np.unique(cumulative["variant"].values.astype(str), return_counts=True)
-            counts.update({str(a): int(k) for a, k in zip(served, n, strict=True)})
-        need = max(1, self.config["min_visitors_per_arm"])
-        burn_in = any(counts[a] < need for a in active)
+        waiting = self._burn_in_counts(cumulative, active)
+        burn_in = bool(waiting["waiting_for"])
         fit_record = None
         posterior = None
         if burn_in:
-            notes.update(arm_counts=counts, min_visitors_per_arm=need)
+            notes.update(waiting)
             new_plan = RoundPlan(
                 round=next_round,
                 size=size,
@@ -571,6 +573,33 @@ class SequentialExperiment:
         if posterior is not None:
             self.posterior = posterior
         return new_plan
+
+    def _burn_in_counts(self, cumulative: xr.Dataset | None, active: list[str]) -> dict:
+        """Visitors (and converters, when the fit needs them) per arm, and what is missing."""
+        variant = np.array([], dtype=str) if cumulative is None else cumulative["variant"].values
+        outcome = np.array([]) if cumulative is None else cumulative["outcome"].values
+        variant = variant.astype(str)
+        need = max(1, self.config["min_visitors_per_arm"])
+        counts = {a: int(np.count_nonzero(variant == a)) for a in self.arms}
+        counts_notes: dict[str, Any] = {"arm_counts": counts, "min_visitors_per_arm": need}
+        waiting = [f"{a}: {counts[a]} of {need} visitors" for a in active if counts[a] < need]
+        converters = converters_needed(self._family(outcome))
+        if converters:
+            converted = {a: int(np.count_nonzero(outcome[variant == a] > 0)) for a in self.arms}
+            counts_notes.update(arm_converters=converted, min_converters_per_arm=converters)
+            waiting += [
+                f"{a}: {converted[a]} of {converters} converters (outcome > 0)"
+                for a in active
+                if converted[a] < converters
+            ]
+        return {**counts_notes, "waiting_for": waiting}
+
+    def _family(self, outcome: np.ndarray) -> str:
+        """The family a fit of ``outcome`` gets: the configured one, or what "auto" picks."""
+        family = self.config["family"]
+        if family == "auto":
+            return infer_family(outcome) if len(outcome) else "continuous"
+        return str(family)
 
     def fit_data(self, cumulative: xr.Dataset | None = None) -> tuple[xr.Dataset, np.ndarray]:
         """The observed data and (visitor, arm) propensities that :meth:`advance` fits.
@@ -628,7 +657,12 @@ class SequentialExperiment:
         # Each round's fit gets its own seed; kept below 2**31 for the sampler.
         options["seed"] = (int(options.get("seed", self.config["seed"])) + next_round) % 2**31
         options.setdefault("progress", False)
-        posterior = fit(observed, family=self.config["family"], propensity=propensity, **options)
+        family = self._family(observed["outcome"].values)
+        check_setup(observed, family=family).raise_for_problems(
+            f"pytyche.check_setup(exp.fit_data()[0], family={family!r}) shows the full report "
+            "on the data this experiment fits"
+        )
+        posterior = fit(observed, family=family, propensity=propensity, **options)
         record = {
             "options": options,
             "data_hash": data_hash(observed, propensity),

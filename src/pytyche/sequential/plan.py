@@ -259,7 +259,8 @@ class RoundPlan:
         Optimized-cell weights per segment id, -1 (the pooled weights) included.
     status : str
         ``"initial"`` (no posterior yet), ``"burn-in"`` (optimized cell uniform until every
-        active arm has enough recorded visitors) or ``"optimized"``.
+        active arm has enough recorded visitors, and for a hurdle fit enough converters) or
+        ``"optimized"``.
     seed : int
         The experiment seed (the hash key of assignment).
     dropped : tuple of str
@@ -275,7 +276,9 @@ class RoundPlan:
         The Monte Carlo standard error of each ``prob_best`` (as
         :func:`pytyche.segment_summary`'s ``prob_best_mcse``); empty before the first fit.
     notes : dict
-        Anything else the plan reports: burn-in counts, the previous round's SRM check, the
+        Anything else the plan reports: burn-in counts (``arm_counts``, and for a hurdle fit
+        ``arm_converters``) and what burn-in still waits for (``waiting_for``, one line per
+        arm short of visitors or converters), the previous round's SRM check, the
         share of fitted visitors in no segment, the tree text.
     assigned : pandas.DataFrame
         Every assignment this plan has made (``visitor_id`` as text, ``cell``, ``segment``,
@@ -683,7 +686,13 @@ class RoundPlan:
             counts = self.notes.get("arm_counts", {})
             need = self.notes.get("min_visitors_per_arm")
             have = ", ".join(f"{a} {counts.get(a, 0)}" for a in self.active)
-            return f"uniform: burn-in until every arm has {need} visitors; so far {have}"
+            text = f"uniform: burn-in until every arm has {need} visitors; so far {have}"
+            converters = self.notes.get("min_converters_per_arm")
+            if converters:
+                converted = self.notes.get("arm_converters", {})
+                have = ", ".join(f"{a} {converted.get(a, 0)}" for a in self.active)
+                text += f"; and {converters} converters (outcome > 0), so far {have}"
+            return text
         return "per-segment Thompson weights"
 
     def __repr__(self) -> str:
