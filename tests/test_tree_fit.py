@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import pytyche as pt
@@ -287,3 +288,66 @@ def test_stability_does_not_depend_on_the_threads():
         scores.append([s.stability_score for s in tree.segments])
     assert scores[0] == scores[1]
     assert any(0 < s < 1 for s in scores[0]) or len(scores[0]) > 1
+
+
+# --------------------------------------------------------------------------- ordered text
+
+# Levels whose text sorts differently from their order, as on the e-mail experiment.
+ORDERED = ["low", "medium", "high", "very high", "extreme", "absurd"]
+
+
+def ordered_posterior(gain_by_rank, ordered: bool = True, seed: int = 0):
+    """A two-arm posterior from observed_data: one text covariate ``tier`` (ordered or not),
+    the treatment's per-visitor gain ``gain_by_rank[rank of tier] + noise``."""
+    rng = np.random.default_rng(seed)
+    n_visitors = 1200
+    ranks = rng.integers(0, len(ORDERED), size=n_visitors)
+    tier = np.array(ORDERED, dtype=object)[ranks]
+    gain = np.asarray(gain_by_rank, dtype=float)[ranks] + rng.normal(0, 0.5, n_visitors)
+    half = n_visitors // 2
+    frames = {}
+    for arm, rows in (("control", slice(0, half)), ("A", slice(half, None))):
+        values = pd.Categorical(tier[rows], categories=ORDERED, ordered=ordered)
+        frames[arm] = pd.DataFrame({"tier": values, "y": np.zeros(len(values))})
+    observed = pt.observed_data(frames, outcome="y")
+    mean = np.column_stack([np.zeros(n_visitors), gain])
+    draws = mean[:, None, :] + np.array([-0.25, 0.25])[None, :, None]
+    return pt.from_arrays("continuous", ["control", "A"], observed, expected=draws)
+
+
+def leaf_levels(tree) -> list[tuple]:
+    return [s.rule.clauses[0].literals for s in tree.segments]
+
+
+def test_ordered_text_splits_at_a_threshold_of_its_order():
+    # A is best from "very high" up: the rule names that contiguous range, in order.
+    result = ordered_posterior([-1, -1, -1, 1, 1, 1])
+    tree = pt.fit_policy_tree(result, max_depth=2, n_bootstrap=0)
+    assert [str(s.rule) for s in tree.segments] == [
+        "tier in ('low', 'medium', 'high')",
+        "tier in ('very high', 'extreme', 'absurd')",
+    ]
+    check_rules_match_assign(tree, result.observed)
+    for segment in tree.segments:
+        parsed = pt.SegmentRule.parse(str(segment.rule))
+        np.testing.assert_array_equal(
+            parsed.evaluate(result.observed).values, segment.rule.evaluate(result.observed).values
+        )
+
+
+@pytest.mark.parametrize("max_depth", [1, 2, 3])
+def test_ordered_text_leaves_are_contiguous_ranges_where_unordered_text_groups_freely(max_depth):
+    # A pays at both ends of the order: as text, one split groups the two ends together
+    # (a non-contiguous set); ordered, every leaf is a range of the order.
+    gains = [1, 1, -1, -1, 1, 1]
+    ordered = pt.fit_policy_tree(ordered_posterior(gains), max_depth=max_depth, n_bootstrap=0)
+    for levels in leaf_levels(ordered):
+        ranks = [ORDERED.index(level) for level in levels]
+        assert ranks == list(range(ranks[0], ranks[0] + len(ranks))), levels
+    text = pt.fit_policy_tree(
+        ordered_posterior(gains, ordered=False), max_depth=1, n_bootstrap=0
+    )
+    assert sorted(map(sorted, leaf_levels(text))) == [
+        ["absurd", "extreme", "low", "medium"],
+        ["high", "very high"],
+    ]

@@ -11,6 +11,9 @@ bin; one extra code for a missing value) and the candidate splits over those bin
 - A text covariate with more levels is ordered once, over all visitors, by best arm and that
   arm's mean gain (:func:`level_order`), and then cut like a number at quantiles of that
   order, so every covariate has at most ``MAX_THRESHOLDS + 1`` value bins.
+- An ordered text covariate (its levels listed in order, :func:`pytyche.segments.ordered_levels`)
+  is ordinal (:func:`ordinal_feature`): cut like a number on its levels' ranks, so every split
+  sends a contiguous range of the order each way, whatever its number of levels.
 
 The kind of a covariate (number, text or bool) comes from
 :func:`pytyche.segments.covariate_kind`; numbers are numeric features, text and booleans
@@ -40,6 +43,7 @@ __all__ = [
     "cut_points",
     "level_order",
     "numeric_feature",
+    "ordinal_feature",
     "python_literal",
     "select_features",
 ]
@@ -69,7 +73,7 @@ class Feature:
     codes: np.ndarray
     n_bins: int
     thresholds: np.ndarray | None = None  # numeric: value bin b holds thresholds[b-1] < x <= ..
-    levels: tuple = ()  # categorical: Python literals, sorted
+    levels: tuple = ()  # categorical: Python literals, sorted (ordinal: in the order)
     level_bins: np.ndarray | None = None  # categorical: the value bin of each level
     is_bool: bool = False
     # Few-level categorical: every two-way partition, (split, bin) 0/1 float64. None: the
@@ -195,6 +199,48 @@ def categorical_feature(name: str, values: np.ndarray, contrasts: np.ndarray) ->
     )
 
 
+def ordinal_feature(name: str, values: np.ndarray, order: Sequence[str]) -> Feature:
+    """Bin an ordered text covariate: ranges of its order, cut like a number on the ranks.
+
+    Parameters
+    ----------
+    name : str
+        The covariate's name.
+    values : numpy.ndarray
+        Text or object (visitor,) values; None, NaN and ``pd.NA`` are missing.
+    order : sequence of str
+        Every level, lowest first.
+
+    Returns
+    -------
+    Feature
+        ``levels`` in `order` (levels no visitor has included, in the bin of the next level
+        present, so that each side of a split is a contiguous range of `order`); splits are
+        prefixes of the bins.
+
+    Raises
+    ------
+    ValueError
+        When a value is not one of `order`.
+    """
+    level_codes = pd.Index(list(order), dtype=object).get_indexer(values).astype(np.int64)
+    present = level_codes >= 0
+    unknown = ~present & ~np.asarray(pd.isna(values), dtype=bool)
+    if unknown.any():
+        stray = sorted({str(v) for v in values[unknown]})[:5]
+        raise ValueError(
+            f"ordered covariate {name!r} holds value(s) {stray} that are not among its ordered "
+            f"levels {list(order)}; add them to the order (pytyche_ordered_levels) or fix the data"
+        )
+    cuts = cut_points(np.sort(level_codes[present]))
+    level_bins = np.searchsorted(cuts, np.arange(len(order)), side="left")
+    n_bins = int(level_bins.max()) + 1
+    codes = np.full(values.size, n_bins, dtype=np.int32)
+    codes[present] = level_bins[level_codes[present]]
+    levels = tuple(str(level) for level in order)
+    return Feature(name, "categorical", codes, n_bins, levels=levels, level_bins=level_bins)
+
+
 def python_literal(value: Any) -> bool | int | float | str:
     """A level or threshold as the plain Python value a rule literal holds.
 
@@ -277,7 +323,10 @@ def select_features(
 
 
 def bin_features(
-    columns: Mapping[str, np.ndarray], contrasts: np.ndarray, skip_unusable: bool = False
+    columns: Mapping[str, np.ndarray],
+    contrasts: np.ndarray,
+    skip_unusable: bool = False,
+    orders: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Feature]:
     """Bin each covariate for the search.
 
@@ -291,6 +340,9 @@ def bin_features(
     skip_unusable : bool, default False
         Skip a column :func:`pytyche.segments.covariate_kind` rejects (an object column
         mixing kinds of values, or an unsupported dtype) instead of raising.
+    orders : mapping of str to sequence of str, optional
+        The levels, lowest first, of the ordered text covariates: binned by
+        :func:`ordinal_feature`.
 
     Returns
     -------
@@ -300,8 +352,10 @@ def bin_features(
     Raises
     ------
     ValueError
-        When a column is unusable and `skip_unusable` is False.
+        When a column is unusable and `skip_unusable` is False, an ordered covariate is not
+        text, or holds a value not in its order.
     """
+    orders = orders or {}
     features = []
     for name, values in columns.items():
         values = np.asarray(values)
@@ -319,7 +373,14 @@ def bin_features(
                 f"({pd.api.types.infer_dtype(values, skipna=True)}); expected all text, all "
                 "numbers or all booleans, with None/NaN for missing"
             ) from error
-        if kind == "number":
+        if name in orders:
+            if kind != "text":
+                raise ValueError(
+                    f"feature {name!r} has ordered levels {list(orders[name])} but holds "
+                    f"{kind} values; an order applies to text only: delete the attribute"
+                )
+            features.append(ordinal_feature(name, values, orders[name]))
+        elif kind == "number":
             if values.dtype.kind == "O":  # numbers in an object column: float, NaN missing
                 present = ~np.asarray(pd.isna(values), dtype=bool)
                 numbers_ = np.full(values.shape, np.nan)

@@ -35,7 +35,7 @@ import numpy as np
 from .._config import get_options, worker_threads
 from .._validate import check_choice, check_count
 from ..results import VISITOR, BCFResult, check_posterior
-from ..segments import DiscoveredSegment
+from ..segments import DiscoveredSegment, ordered_levels
 from ..summary import segment_summary
 from ._kernels import posterior_mean_block
 from .binning import Feature, bin_features, select_features
@@ -152,8 +152,10 @@ def fit_policy_tree(
     distinct value, or 64 quantiles when there are more) and a two-way partition of the
     levels of a text or boolean covariate, written as set membership (every partition up to
     12 levels; with more, the levels are ordered once, over all visitors, by best arm and
-    gain, and cut at up to 64 quantiles of that order, like a number). Depth 1 and 2 are
-    exact: the best tree over those candidate splits. Depth 3 and more are exact when the
+    gain, and cut at up to 64 quantiles of that order, like a number). An ordered text
+    covariate (a pandas ordered Categorical given to :func:`pytyche.observed_data`) is cut
+    only into ranges of its order, each written as the set of its levels, in order. Depth 1
+    and 2 are exact: the best tree over those candidate splits. Depth 3 and more are exact when the
     work fits a budget, else searched with a look-ahead of depth 2 at each node. Every leaf
     holds at least `min_segment_share` of the visitors; sibling leaves never serve the same
     arm (such a pair is one leaf), and "exact" means best among the trees that respect this;
@@ -236,6 +238,11 @@ def fit_policy_tree(
     n_visitors = observed.sizes[VISITOR]
     min_size = min_segment_count(min_segment_share, n_visitors)
     names, by_default = select_features(observed, features)
+    orders = {
+        name: order
+        for name in names
+        if (order := ordered_levels(observed[name].variable, name)) is not None
+    }
 
     # Pass 1: Γ̄ and the covariates, in one compute.
     mean_metric, *columns = dask.compute(
@@ -258,6 +265,7 @@ def fit_policy_tree(
         seed=seed,
         search=search,
         skip_unusable=by_default,
+        orders=orders,
     )
     root, bins, labels, stability, exact = search_result
     contrasts_width = mean_metric.shape[1] - 1
@@ -322,6 +330,7 @@ def search_tree(
     seed: int,
     search: str,
     skip_unusable: bool = False,
+    orders: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[Node, list[Feature], np.ndarray, np.ndarray, bool]:
     """The in-memory part of the fit: bin, search, and refit on bootstrap resamples.
 
@@ -344,6 +353,8 @@ def search_tree(
     skip_unusable : bool, default False
         Skip columns :func:`pytyche.segments.covariate_kind` rejects instead of raising (for
         the default features).
+    orders : mapping of str to sequence of str, optional
+        The levels, lowest first, of the ordered text covariates (split only into ranges).
 
     Returns
     -------
@@ -353,7 +364,7 @@ def search_tree(
     """
     n_visitors = mean_metric.shape[0]
     contrasts = np.ascontiguousarray(mean_metric[:, 1:] - mean_metric[:, :1])
-    bins = bin_features(columns, contrasts, skip_unusable)
+    bins = bin_features(columns, contrasts, skip_unusable, orders)
     if search == "auto":
         work = exact_work(bins, n_visitors, contrasts.shape[1] + 1, max_depth)
         exact = work <= get_options()["exact_tree_budget"]
