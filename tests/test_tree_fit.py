@@ -351,3 +351,35 @@ def test_ordered_text_leaves_are_contiguous_ranges_where_unordered_text_groups_f
         ["absurd", "extreme", "low", "medium"],
         ["high", "very high"],
     ]
+
+
+# --------------------------------------------------------------------------- 0/1 flags
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float64])
+def test_zero_one_covariates_print_as_equalities_with_the_same_members(dtype):
+    # mens (0/1) decides the best arm; the same column as 0/2 is cut at a threshold. The
+    # trees put the same visitors in the same leaves; only the rule text differs.
+    rng = np.random.default_rng(5)
+    n_visitors = 600
+    mens = rng.integers(0, 2, size=n_visitors).astype(dtype)
+    newbie = rng.integers(0, 2, size=n_visitors).astype(dtype)
+    if dtype == np.float64:
+        newbie[::17] = np.nan
+    gain = np.where(mens == 1, 1.0, -1.0) + np.where(newbie == 1, 0.4, 0.0)
+    mean = np.column_stack([np.zeros(n_visitors), gain + rng.normal(0, 0.3, n_visitors)])
+    flags = posterior_from_mean(mean, {"mens": mens, "newbie": newbie})
+    scaled = posterior_from_mean(mean, {"mens": 2 * mens, "newbie": 2 * newbie})
+    trees = [
+        pt.fit_policy_tree(r, max_depth=2, min_segment_share=0.05, n_bootstrap=0)
+        for r in (flags, scaled)
+    ]
+    rules = [str(s.rule) for s in trees[0].segments]
+    assert "mens == 0" in rules[0] and "mens == 1" in rules[-1]
+    assert not any(op in rule for rule in rules for op in ("<=", ">"))
+    assert {c.value for s in trees[0].segments for c in s.rule.clauses} <= {0, 1}
+    assert all(type(c.value) is int for s in trees[0].segments for c in s.rule.clauses)
+    assert str(trees[1].segments[0].rule).startswith("mens <= 0")
+    np.testing.assert_array_equal(trees[0].assign().values, trees[1].assign().values)
+    assert trees[0].objective == trees[1].objective
+    check_rules_match_assign(trees[0], flags.observed)

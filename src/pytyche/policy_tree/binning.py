@@ -6,6 +6,9 @@ bin; one extra code for a missing value) and the candidate splits over those bin
 - A numeric covariate is cut at thresholds ``x <= t``: every distinct value but the largest
   when there are at most ``MAX_THRESHOLDS`` of them, else ``MAX_THRESHOLDS`` quantiles
   (:func:`cut_points`).
+- A numeric covariate whose values are all 0 or 1 (a 0/1 flag) has the same single split,
+  but as the levels 0 and 1 (:func:`zero_one_feature`), so its rules read ``x == 0`` /
+  ``x == 1``, not ``x <= 0`` / ``x > 0``.
 - A text or boolean covariate with at most ``MAX_EXACT_LEVELS`` levels has one bin per level
   and every two-way partition of its levels as a candidate split.
 - A text covariate with more levels is ordered once, over all visitors, by best arm and that
@@ -46,6 +49,7 @@ __all__ = [
     "ordinal_feature",
     "python_literal",
     "select_features",
+    "zero_one_feature",
 ]
 
 # Candidate thresholds of a numeric covariate (and of a many-level categorical's level ranks):
@@ -197,6 +201,35 @@ def categorical_feature(name: str, values: np.ndarray, contrasts: np.ndarray) ->
         is_bool=values.dtype.kind == "b",
         subsets=subsets,
     )
+
+
+def zero_one_feature(name: str, values: np.ndarray) -> Feature | None:
+    """Bin a 0/1 numeric covariate as the levels 0 and 1; None when it holds other values.
+
+    Parameters
+    ----------
+    name : str
+        The covariate's name.
+    values : numpy.ndarray
+        Integer or float (visitor,) values; NaN is missing.
+
+    Returns
+    -------
+    Feature or None
+        A categorical feature with the levels (int) 0 and/or 1 that occur, one bin each, the
+        split a prefix of the bins: the same bins and split as :func:`numeric_feature`'s
+        threshold at 0, so the search is unchanged and only the rule text differs.
+    """
+    present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.size, bool)
+    kept = values[present]
+    if not ((kept == 0) | (kept == 1)).all():
+        return None
+    levels = tuple(int(v) for v in (0, 1) if (kept == v).any())
+    level_bins = np.arange(len(levels))
+    n_bins = len(levels)
+    codes = np.full(values.size, n_bins, dtype=np.int32)
+    codes[present] = (kept == 1) if n_bins == 2 else 0
+    return Feature(name, "categorical", codes, n_bins, levels=levels, level_bins=level_bins)
 
 
 def ordinal_feature(name: str, values: np.ndarray, order: Sequence[str]) -> Feature:
@@ -386,7 +419,8 @@ def bin_features(
                 numbers_ = np.full(values.shape, np.nan)
                 numbers_[present] = values[present].astype(np.float64)
                 values = numbers_
-            features.append(numeric_feature(name, values))
+            zero_one = zero_one_feature(name, values)
+            features.append(numeric_feature(name, values) if zero_one is None else zero_one)
         else:  # text or bool
             features.append(categorical_feature(name, values, contrasts))
     return features
