@@ -3,6 +3,7 @@ computes, validation and determinism (``pytyche.policy_tree.fit``)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,6 +16,8 @@ from policy_tree_helpers import (
     posterior_from_mean,
     random_problem,
 )
+from pytyche.policy_tree import PolicyTreeResult
+from pytyche.policy_tree.fit import tree_stability
 
 from helpers import counting_scheduler, random_dataset
 from reference import reference_members, reference_metric
@@ -73,6 +76,7 @@ def test_stability_separates_planted_leaves_from_leaves_of_noise():
         min_segment_share=0.1,
         n_bootstrap=10,
         seed=1,
+        min_stability=0.0,  # keep the noise tree, to read its leaves' scores
     )
     assert len(noise.segments) > 1
     scores = [s.stability_score for s in noise.segments]
@@ -97,7 +101,12 @@ def test_stability_counts_refits_on_resampled_visitors():
     result = posterior_from_mean(mean, {"x": x, "device": device})
     n_bootstrap = 6
     tree = pt.fit_policy_tree(
-        result, max_depth=2, min_segment_share=0.1, n_bootstrap=n_bootstrap, seed=7
+        result,
+        max_depth=2,
+        min_segment_share=0.1,
+        n_bootstrap=n_bootstrap,
+        seed=7,
+        min_stability=0.0,  # the depth-2 tree, whatever its stability
     )
     labels = tree.assign().values
     draws = np.random.default_rng(7)
@@ -235,6 +244,9 @@ def test_dask_posterior_gives_the_same_tree_in_two_computes():
         ({"features": []}, ValueError, r"features is empty \(got \[\]\)"),
         ({"n_bootstrap": -1}, ValueError, "n_bootstrap .*got -1"),
         ({"search": "greedy"}, ValueError, "search .*'greedy'"),
+        ({"min_stability": 1.5}, ValueError, r"min_stability must be in \[0, 1\], got 1\.5"),
+        ({"min_stability": float("nan")}, ValueError, "min_stability .*got nan"),
+        ({"min_stability": "high"}, TypeError, "min_stability must be a real number .*'high'"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, error, match):
@@ -383,3 +395,75 @@ def test_zero_one_covariates_print_as_equalities_with_the_same_members(dtype):
     np.testing.assert_array_equal(trees[0].assign().values, trees[1].assign().values)
     assert trees[0].objective == trees[1].objective
     check_rules_match_assign(trees[0], flags.observed)
+
+
+# --------------------------------------------------------------------------- min_stability
+
+
+def noise_posterior(n_visitors: int = 600, seed: int = 0):
+    """No segment effect at all: every visitor's arms differ by noise only."""
+    rng = np.random.default_rng(seed)
+    mean = np.ones((n_visitors, 3)) + rng.normal(0, 1.0, (n_visitors, 3))
+    covariates = {"x": rng.normal(size=n_visitors), "z": rng.normal(size=n_visitors)}
+    return posterior_from_mean(mean, covariates)
+
+
+def test_an_unstable_tree_gives_way_to_a_simpler_one_and_says_so():
+    result = noise_posterior()
+    settings = {"max_depth": 2, "min_segment_share": 0.1, "n_bootstrap": 10, "seed": 1}
+    kept = pt.fit_policy_tree(result, **settings)
+    fitted = pt.fit_policy_tree(result, **settings, min_stability=0.0)
+    assert fitted.depth == 2 and fitted.stability < 0.7 and not fitted.rejected_trees
+    assert fitted.stability_note is None
+    # The depth-2 tree of noise is set aside; what is kept reaches 0.7, or is the root.
+    assert kept.rejected_trees[0] == {"depth": 2, "stability": fitted.stability}
+    assert kept.depth < 2
+    assert kept.depth == 0 or kept.stability >= 0.7
+    assert all(tree["stability"] < 0.7 for tree in kept.rejected_trees)
+    assert kept.min_stability == 0.7
+    note = kept.stability_note
+    assert note is not None
+    assert f"depth 2 (stability {fitted.stability:.2f})" in note
+    assert "below min_stability 0.7" in note
+    if kept.depth == 0:
+        assert [str(s.rule) for s in kept.segments] == ["everyone"]
+        assert "kept the root alone (one segment, everyone)" in note
+    assert note in str(kept)
+    assert f"kept for stability (depth 2: {fitted.stability:.2f} < 0.7)" in repr(kept)
+    assert "set aside" in kept._repr_html_()
+    again = PolicyTreeResult.from_dict(json.loads(json.dumps(kept.to_dict())))
+    assert again.stability_note == note
+    assert again.rejected_trees == kept.rejected_trees
+    assert again.stability == kept.stability
+
+
+def test_the_stability_of_a_tree_is_that_of_its_weakest_leaf():
+    assert tree_stability(np.array([1.0, 0.4, 0.9])) == 0.4
+    assert math.isnan(tree_stability(np.array([np.nan, np.nan])))
+    # The root alone: every refit's root is the whole sample.
+    result = noise_posterior()
+    root = pt.fit_policy_tree(result, max_depth=0, n_bootstrap=3)
+    assert root.stability == 1.0 and root.stability_note is None
+
+
+def test_a_strongly_segmented_tree_keeps_its_depth_and_result():
+    result = pt.example_posterior(n_visitors=3000, n_draws=40, seed=4)
+    settings = {"max_depth": 2, "min_segment_share": 0.05, "n_bootstrap": 10, "seed": 1}
+    kept = pt.fit_policy_tree(result, **settings)
+    unchecked = pt.fit_policy_tree(result, **settings, min_stability=0.0)
+    assert kept.depth == 2 and kept.stability >= 0.9
+    assert kept.rejected_trees == () and kept.stability_note is None
+    assert "stability" not in repr(kept)
+    a, b = kept.to_dict(), unchecked.to_dict()
+    assert a.pop("min_stability") == 0.7 and b.pop("min_stability") == 0.0
+    assert a == b
+
+
+def test_a_tree_written_before_min_stability_reads_back_without_a_note():
+    result = noise_posterior(200)
+    data = pt.fit_policy_tree(result, max_depth=1, n_bootstrap=0).to_dict()
+    for key in ("stability", "min_stability", "rejected_trees"):
+        del data[key]
+    old = PolicyTreeResult.from_dict(data)
+    assert math.isnan(old.stability) and old.min_stability == 0.0
+    assert old.rejected_trees == () and old.stability_note is None
