@@ -205,6 +205,14 @@ def test_tree_writes_segments_that_from_dict_reads(store, tmp_path, capsys):
     assert document["allocation"] == allocation_of(store, tree.segments, 0.0)
 
 
+def test_tree_passes_min_stability_and_records_it(store, tmp_path):
+    argv = ["tree", str(store), "--bootstrap", "2", "--max-depth", "1"]
+    for given, expected in ((["--min-stability", "0.25"], 0.25), ([], 0.7)):
+        out = tmp_path / f"tree {expected}.json"
+        assert cli.main([*argv, "--out", str(out), *given]) == 0
+        assert json.loads(out.read_text())["min_stability"] == expected
+
+
 def allocation_of(store, segments, epsilon):
     return {
         str(k): v
@@ -474,6 +482,10 @@ def allocate_one_rule(rule: str):
         (
             lambda s, t, seg: ["tree", str(s), "--out", "t.json", "--max-depth", "9"],
             "--max-depth: must be between 0 and 6",
+        ),
+        (
+            lambda s, t, seg: ["tree", str(s), "--out", "t.json", "--min-stability", "2"],
+            "--min-stability: min_stability must be in [0, 1], got 2.0",
         ),
         (lambda s, t, seg: ["tree", seg, "--out", str(t / "t.json")], "POSTERIOR:"),
         (

@@ -402,3 +402,77 @@ def test_arviz_default_dims_take_arm_names_and_interop_page_runs():
     assert str(namespace["result"]) == (
         "<BinaryBCFResult (visitor: 120, chain: 2, draw: 50, arm: 3) arms=['control', 'A', 'B']>"
     )
+
+
+# --------------------------------------------------------------------------- ordered text
+
+HISTORY = ["1) $0 - $100", "2) $100 - $200", "3) $200 - $350", "10) $1,000 +"]
+
+
+def history_frames(control_order=HISTORY, a_ordered=True):
+    return {
+        "control": pd.DataFrame(
+            {
+                "history_segment": pd.Categorical(
+                    ["2) $100 - $200", None, "10) $1,000 +"], categories=control_order, ordered=True
+                ),
+                "spend": [0.0, 1.0, 2.0],
+            }
+        ),
+        "A": pd.DataFrame(
+            {
+                "history_segment": pd.Categorical(
+                    ["1) $0 - $100"], categories=HISTORY, ordered=a_ordered
+                ),
+                "spend": [3.0],
+            }
+        ),
+    }
+
+
+@pytest.mark.parametrize("store", ["zarr", "nc"])
+def test_ordered_categorical_keeps_its_order_through_the_stores(tmp_path, store):
+    obs = pt.observed_data(history_frames(), outcome="spend")
+    column = obs["history_segment"]
+    assert column.attrs == {"pytyche_ordered_levels": HISTORY}
+    assert pt.segments.ordered_levels(column.variable) == tuple(HISTORY)
+    values = column.values
+    assert values[[0, 2, 3]].tolist() == ["2) $100 - $200", "10) $1,000 +", "1) $0 - $100"]
+    assert pd.isna(values[1])
+    # Unordered categoricals and plain text carry no order.
+    assert frames_observed_attrs() == {}
+    result = pt.from_arrays("continuous", ["control", "A"], obs, expected=np.zeros((4, 3, 2)))
+    path = tmp_path / f"posterior.{store}"
+    (pt.to_zarr if store == "zarr" else pt.to_netcdf)(result, path)
+    reopened = pt.open_posterior(path).observed["history_segment"]
+    assert pt.segments.ordered_levels(reopened.variable) == tuple(HISTORY)
+
+
+def frames_observed_attrs():
+    obs = pt.observed_data(frames(), outcome="spend")
+    return {**obs["plan"].attrs, **obs["device"].attrs}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"a_ordered": False}, r"ordered categorical in arm 'control' but not in arm 'A'"),
+        ({"control_order": HISTORY[::-1]}, r"ordered categories .* in arm 'A' but"),
+    ],
+)
+def test_ordered_categorical_must_agree_across_arms(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pt.observed_data(history_frames(**kwargs), outcome="spend")
+
+
+@pytest.mark.parametrize(
+    "raw", [[], ["a", "a"], [1, 2], "not-a-list-but-ok", {"a": 1}]
+)
+def test_ordered_levels_attribute_is_checked(raw):
+    attrs = {"pytyche_ordered_levels": raw}
+    variable = xr.Variable("visitor", np.array(["a"], dtype=object), attrs)
+    if raw == "not-a-list-but-ok":
+        assert pt.segments.ordered_levels(variable) == ("not-a-list-but-ok",)
+        return
+    with pytest.raises(ValueError, match=r"covariate 'covariate' has pytyche_ordered_levels="):
+        pt.segments.ordered_levels(variable)

@@ -16,7 +16,7 @@ from policy_tree_helpers import (
     posterior_from_mean,
     random_problem,
 )
-from pytyche.policy_tree.binning import MAX_THRESHOLDS, bin_features
+from pytyche.policy_tree.binning import MAX_THRESHOLDS, bin_features, ordinal_feature
 
 
 @pytest.mark.parametrize("n_arms", [2, 3])
@@ -146,3 +146,32 @@ def test_object_columns_are_typed_by_their_values():
     check_rules_match_assign(tree, result.observed)
     with pytest.raises(ValueError, match=r"'mixed'.*mixes kinds"):
         pt.fit_policy_tree(result, features=["mixed"], n_bootstrap=0)
+
+
+# --------------------------------------------------------------------------- ordered text
+
+
+def test_ordinal_feature_bins_ranges_of_the_order_and_keeps_absent_levels_between():
+    order = ["z-low", "b-mid", "absent", "a-high", "never"]
+    values = np.array(["a-high", "z-low", None, "b-mid", "a-high"], dtype=object)
+    feature = ordinal_feature("tier", values, order)
+    assert feature.levels == tuple(order)
+    # "absent" joins the next level present; levels after the last present join the last.
+    assert feature.level_bins.tolist() == [0, 1, 2, 2, 2]
+    assert feature.codes.tolist() == [2, 0, 3, 1, 2]
+    assert feature.subsets is None and feature.n_splits == 2
+
+
+def test_many_level_ordinal_feature_is_cut_at_quantiles_of_its_order():
+    order = [f"level {i:03d}" for i in range(150)][::-1]
+    values = np.array(order * 3, dtype=object)
+    feature = ordinal_feature("tier", values, order)
+    assert feature.n_bins == MAX_THRESHOLDS + 1
+    assert (np.diff(feature.level_bins) >= 0).all()
+
+
+def test_ordinal_values_outside_the_order_or_not_text_raise():
+    with pytest.raises(ValueError, match=r"'tier' holds value\(s\) \['odd'\] that are not"):
+        ordinal_feature("tier", np.array(["low", "odd"], dtype=object), ["low", "high"])
+    with pytest.raises(ValueError, match=r"'n' has ordered levels \['1'\] but holds number"):
+        bin_features({"n": np.array([1.0])}, np.zeros((1, 1)), orders={"n": ["1"]})

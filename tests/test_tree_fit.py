@@ -3,9 +3,11 @@ computes, validation and determinism (``pytyche.policy_tree.fit``)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import pytyche as pt
@@ -14,6 +16,8 @@ from policy_tree_helpers import (
     posterior_from_mean,
     random_problem,
 )
+from pytyche.policy_tree import PolicyTreeResult
+from pytyche.policy_tree.fit import tree_stability
 
 from helpers import counting_scheduler, random_dataset
 from reference import reference_members, reference_metric
@@ -72,6 +76,7 @@ def test_stability_separates_planted_leaves_from_leaves_of_noise():
         min_segment_share=0.1,
         n_bootstrap=10,
         seed=1,
+        min_stability=0.0,  # keep the noise tree, to read its leaves' scores
     )
     assert len(noise.segments) > 1
     scores = [s.stability_score for s in noise.segments]
@@ -96,7 +101,12 @@ def test_stability_counts_refits_on_resampled_visitors():
     result = posterior_from_mean(mean, {"x": x, "device": device})
     n_bootstrap = 6
     tree = pt.fit_policy_tree(
-        result, max_depth=2, min_segment_share=0.1, n_bootstrap=n_bootstrap, seed=7
+        result,
+        max_depth=2,
+        min_segment_share=0.1,
+        n_bootstrap=n_bootstrap,
+        seed=7,
+        min_stability=0.0,  # the depth-2 tree, whatever its stability
     )
     labels = tree.assign().values
     draws = np.random.default_rng(7)
@@ -234,6 +244,9 @@ def test_dask_posterior_gives_the_same_tree_in_two_computes():
         ({"features": []}, ValueError, r"features is empty \(got \[\]\)"),
         ({"n_bootstrap": -1}, ValueError, "n_bootstrap .*got -1"),
         ({"search": "greedy"}, ValueError, "search .*'greedy'"),
+        ({"min_stability": 1.5}, ValueError, r"min_stability must be in \[0, 1\], got 1\.5"),
+        ({"min_stability": float("nan")}, ValueError, "min_stability .*got nan"),
+        ({"min_stability": "high"}, TypeError, "min_stability must be a real number .*'high'"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, error, match):
@@ -287,3 +300,170 @@ def test_stability_does_not_depend_on_the_threads():
         scores.append([s.stability_score for s in tree.segments])
     assert scores[0] == scores[1]
     assert any(0 < s < 1 for s in scores[0]) or len(scores[0]) > 1
+
+
+# --------------------------------------------------------------------------- ordered text
+
+# Levels whose text sorts differently from their order, as on the e-mail experiment.
+ORDERED = ["low", "medium", "high", "very high", "extreme", "absurd"]
+
+
+def ordered_posterior(gain_by_rank, ordered: bool = True, seed: int = 0):
+    """A two-arm posterior from observed_data: one text covariate ``tier`` (ordered or not),
+    the treatment's per-visitor gain ``gain_by_rank[rank of tier] + noise``."""
+    rng = np.random.default_rng(seed)
+    n_visitors = 1200
+    ranks = rng.integers(0, len(ORDERED), size=n_visitors)
+    tier = np.array(ORDERED, dtype=object)[ranks]
+    gain = np.asarray(gain_by_rank, dtype=float)[ranks] + rng.normal(0, 0.5, n_visitors)
+    half = n_visitors // 2
+    frames = {}
+    for arm, rows in (("control", slice(0, half)), ("A", slice(half, None))):
+        values = pd.Categorical(tier[rows], categories=ORDERED, ordered=ordered)
+        frames[arm] = pd.DataFrame({"tier": values, "y": np.zeros(len(values))})
+    observed = pt.observed_data(frames, outcome="y")
+    mean = np.column_stack([np.zeros(n_visitors), gain])
+    draws = mean[:, None, :] + np.array([-0.25, 0.25])[None, :, None]
+    return pt.from_arrays("continuous", ["control", "A"], observed, expected=draws)
+
+
+def leaf_levels(tree) -> list[tuple]:
+    return [s.rule.clauses[0].literals for s in tree.segments]
+
+
+def test_ordered_text_splits_at_a_threshold_of_its_order():
+    # A is best from "very high" up: the rule names that contiguous range, in order.
+    result = ordered_posterior([-1, -1, -1, 1, 1, 1])
+    tree = pt.fit_policy_tree(result, max_depth=2, n_bootstrap=0)
+    assert [str(s.rule) for s in tree.segments] == [
+        "tier in ('low', 'medium', 'high')",
+        "tier in ('very high', 'extreme', 'absurd')",
+    ]
+    check_rules_match_assign(tree, result.observed)
+    for segment in tree.segments:
+        parsed = pt.SegmentRule.parse(str(segment.rule))
+        np.testing.assert_array_equal(
+            parsed.evaluate(result.observed).values, segment.rule.evaluate(result.observed).values
+        )
+
+
+@pytest.mark.parametrize("max_depth", [1, 2, 3])
+def test_ordered_text_leaves_are_contiguous_ranges_where_unordered_text_groups_freely(max_depth):
+    # A pays at both ends of the order: as text, one split groups the two ends together
+    # (a non-contiguous set); ordered, every leaf is a range of the order.
+    gains = [1, 1, -1, -1, 1, 1]
+    ordered = pt.fit_policy_tree(ordered_posterior(gains), max_depth=max_depth, n_bootstrap=0)
+    for levels in leaf_levels(ordered):
+        ranks = [ORDERED.index(level) for level in levels]
+        assert ranks == list(range(ranks[0], ranks[0] + len(ranks))), levels
+    text = pt.fit_policy_tree(
+        ordered_posterior(gains, ordered=False), max_depth=1, n_bootstrap=0
+    )
+    assert sorted(map(sorted, leaf_levels(text))) == [
+        ["absurd", "extreme", "low", "medium"],
+        ["high", "very high"],
+    ]
+
+
+# --------------------------------------------------------------------------- 0/1 flags
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float64])
+def test_zero_one_covariates_print_as_equalities_with_the_same_members(dtype):
+    # mens (0/1) decides the best arm; the same column as 0/2 is cut at a threshold. The
+    # trees put the same visitors in the same leaves; only the rule text differs.
+    rng = np.random.default_rng(5)
+    n_visitors = 600
+    mens = rng.integers(0, 2, size=n_visitors).astype(dtype)
+    newbie = rng.integers(0, 2, size=n_visitors).astype(dtype)
+    if dtype == np.float64:
+        newbie[::17] = np.nan
+    gain = np.where(mens == 1, 1.0, -1.0) + np.where(newbie == 1, 0.4, 0.0)
+    mean = np.column_stack([np.zeros(n_visitors), gain + rng.normal(0, 0.3, n_visitors)])
+    flags = posterior_from_mean(mean, {"mens": mens, "newbie": newbie})
+    scaled = posterior_from_mean(mean, {"mens": 2 * mens, "newbie": 2 * newbie})
+    trees = [
+        pt.fit_policy_tree(r, max_depth=2, min_segment_share=0.05, n_bootstrap=0)
+        for r in (flags, scaled)
+    ]
+    rules = [str(s.rule) for s in trees[0].segments]
+    assert "mens == 0" in rules[0] and "mens == 1" in rules[-1]
+    assert not any(op in rule for rule in rules for op in ("<=", ">"))
+    assert {c.value for s in trees[0].segments for c in s.rule.clauses} <= {0, 1}
+    assert all(type(c.value) is int for s in trees[0].segments for c in s.rule.clauses)
+    assert str(trees[1].segments[0].rule).startswith("mens <= 0")
+    np.testing.assert_array_equal(trees[0].assign().values, trees[1].assign().values)
+    assert trees[0].objective == trees[1].objective
+    check_rules_match_assign(trees[0], flags.observed)
+
+
+# --------------------------------------------------------------------------- min_stability
+
+
+def noise_posterior(n_visitors: int = 600, seed: int = 0):
+    """No segment effect at all: every visitor's arms differ by noise only."""
+    rng = np.random.default_rng(seed)
+    mean = np.ones((n_visitors, 3)) + rng.normal(0, 1.0, (n_visitors, 3))
+    covariates = {"x": rng.normal(size=n_visitors), "z": rng.normal(size=n_visitors)}
+    return posterior_from_mean(mean, covariates)
+
+
+def test_an_unstable_tree_gives_way_to_a_simpler_one_and_says_so():
+    result = noise_posterior()
+    settings = {"max_depth": 2, "min_segment_share": 0.1, "n_bootstrap": 10, "seed": 1}
+    kept = pt.fit_policy_tree(result, **settings)
+    fitted = pt.fit_policy_tree(result, **settings, min_stability=0.0)
+    assert fitted.depth == 2 and fitted.stability < 0.7 and not fitted.rejected_trees
+    assert fitted.stability_note is None
+    # The depth-2 tree of noise is set aside; what is kept reaches 0.7, or is the root.
+    assert kept.rejected_trees[0] == {"depth": 2, "stability": fitted.stability}
+    assert kept.depth < 2
+    assert kept.depth == 0 or kept.stability >= 0.7
+    assert all(tree["stability"] < 0.7 for tree in kept.rejected_trees)
+    assert kept.min_stability == 0.7
+    note = kept.stability_note
+    assert note is not None
+    assert f"depth 2 (stability {fitted.stability:.2f})" in note
+    assert "below min_stability 0.7" in note
+    if kept.depth == 0:
+        assert [str(s.rule) for s in kept.segments] == ["everyone"]
+        assert "kept the root alone (one segment, everyone)" in note
+    assert note in str(kept)
+    assert f"kept for stability (depth 2: {fitted.stability:.2f} < 0.7)" in repr(kept)
+    assert "set aside" in kept._repr_html_()
+    again = PolicyTreeResult.from_dict(json.loads(json.dumps(kept.to_dict())))
+    assert again.stability_note == note
+    assert again.rejected_trees == kept.rejected_trees
+    assert again.stability == kept.stability
+
+
+def test_the_stability_of_a_tree_is_that_of_its_weakest_leaf():
+    assert tree_stability(np.array([1.0, 0.4, 0.9])) == 0.4
+    assert math.isnan(tree_stability(np.array([np.nan, np.nan])))
+    # The root alone: every refit's root is the whole sample.
+    result = noise_posterior()
+    root = pt.fit_policy_tree(result, max_depth=0, n_bootstrap=3)
+    assert root.stability == 1.0 and root.stability_note is None
+
+
+def test_a_strongly_segmented_tree_keeps_its_depth_and_result():
+    result = pt.example_posterior(n_visitors=3000, n_draws=40, seed=4)
+    settings = {"max_depth": 2, "min_segment_share": 0.05, "n_bootstrap": 10, "seed": 1}
+    kept = pt.fit_policy_tree(result, **settings)
+    unchecked = pt.fit_policy_tree(result, **settings, min_stability=0.0)
+    assert kept.depth == 2 and kept.stability >= 0.9
+    assert kept.rejected_trees == () and kept.stability_note is None
+    assert "stability" not in repr(kept)
+    a, b = kept.to_dict(), unchecked.to_dict()
+    assert a.pop("min_stability") == 0.7 and b.pop("min_stability") == 0.0
+    assert a == b
+
+
+def test_a_tree_written_before_min_stability_reads_back_without_a_note():
+    result = noise_posterior(200)
+    data = pt.fit_policy_tree(result, max_depth=1, n_bootstrap=0).to_dict()
+    for key in ("stability", "min_stability", "rejected_trees"):
+        del data[key]
+    old = PolicyTreeResult.from_dict(data)
+    assert math.isnan(old.stability) and old.min_stability == 0.0
+    assert old.rejected_trees == () and old.stability_note is None

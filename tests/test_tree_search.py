@@ -163,9 +163,9 @@ def test_the_search_routing_on_bin_codes_equals_assign(depth, search):
     metric = reference_metric(result.dataset).mean(axis=(1, 2))
     names = ["x", "device", "flag"]
     columns = {name: result.observed[name].values for name in names}
-    _, _, labels, _, _ = search_tree(
+    labels = search_tree(
         metric, columns, max_depth=depth, min_size=20, n_bootstrap=0, seed=0, search=search
-    )
+    ).labels
     tree = pt.fit_policy_tree(
         result, max_depth=depth, min_segment_share=20, n_bootstrap=0, search=search
     )

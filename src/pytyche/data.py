@@ -32,7 +32,7 @@ from .results import (
     posterior_dataset,
     result_type,
 )
-from .segments import covariate_kind, covariate_names
+from .segments import ORDERED_LEVELS_ATTR, covariate_kind, covariate_names
 
 __all__ = ["from_arrays", "from_inference_data", "observed_data"]
 
@@ -63,6 +63,11 @@ def observed_data(
     ``outcome``. Text and pandas categorical covariates stay text (object arrays of ``str``,
     missing values as NaN, as pandas and xarray mark them); numeric covariates stay numeric
     (nullable integers with missing values become float with NaN); booleans stay boolean.
+    An ordered categorical (``pd.Categorical(..., ordered=True)``, the same categories in
+    every arm) keeps its order: the covariate's ``pytyche_ordered_levels`` attribute lists its
+    categories (as text), lowest first; it is stored with the posterior (Zarr and netCDF),
+    and :func:`pytyche.fit_policy_tree` splits such a covariate only into ranges of that
+    order.
 
     Parameters
     ----------
@@ -92,8 +97,9 @@ def observed_data(
     ValueError
         For fewer than 2 arms, duplicate arm names, an arm with no rows, a missing or
         non-numeric outcome column, missing outcome values, covariate columns that differ
-        between arms or change kind between arms, unsupported covariate dtypes, a covariate
-        name that breaks the rule above, or duplicate visitor ids. The message names the
+        between arms or change kind between arms, an ordered categorical covariate that is
+        unordered or has other categories in another arm, unsupported covariate dtypes, a
+        covariate name that breaks the rule above, or duplicate visitor ids. The message names the
         offending arm and column.
 
     Examples
@@ -154,11 +160,13 @@ def observed_data(
                 else f"arm {arm!r} lacks the {VISITOR_ID!r} column that arm {first_arm!r} has"
             )
 
-    coords: dict[str, tuple[str, np.ndarray]] = {}
+    coords: dict[str, tuple] = {}
     counts = [len(frame) for _, frame in pairs]
     coords[VARIANT] = (VISITOR, np.repeat(np.array(arms, dtype=object), counts))
     for name in covariates:
-        coords[name] = (VISITOR, _stack_covariate(name, pairs))
+        order = _category_order(name, pairs)
+        attrs = {} if order is None else {ORDERED_LEVELS_ATTR: order}
+        coords[name] = (VISITOR, _stack_covariate(name, pairs), attrs)
     coords[OUTCOME] = (VISITOR, _stack_outcome(outcome, pairs))
     if has_ids:
         coords[VISITOR] = (VISITOR, _stack_ids(pairs))
@@ -239,6 +247,35 @@ def _stack_covariate(name: str, pairs) -> np.ndarray:
         else:
             parts.append(column.to_numpy())
     return np.concatenate(parts)
+
+
+def _category_order(name: str, pairs) -> list[str] | None:
+    """The categories (as text) of a covariate ordered in every arm; None if ordered in none."""
+    orders = {}
+    for arm, frame in pairs:
+        dtype = frame[name].dtype
+        if isinstance(dtype, pd.CategoricalDtype) and dtype.ordered:
+            orders[arm] = [str(c) for c in dtype.categories]
+    if not orders:
+        return None
+    first_arm, order = next(iter(orders.items()))
+    for arm, _ in pairs:
+        if arm not in orders:
+            raise ValueError(
+                f"covariate {name!r} is an ordered categorical in arm {first_arm!r} but not in "
+                f"arm {arm!r}; give it the same ordered categories in every arm (or none)"
+            )
+        if orders[arm] != order:
+            raise ValueError(
+                f"covariate {name!r} has ordered categories {orders[arm]} in arm {arm!r} but "
+                f"{order} in arm {first_arm!r}; give every arm the same ordered categories"
+            )
+    if len(set(order)) < len(order):
+        raise ValueError(
+            f"covariate {name!r}: ordered categories {order} repeat a level once written as "
+            "text; give the categories distinct text"
+        )
+    return order
 
 
 def _text_values(column: pd.Series) -> np.ndarray:

@@ -37,9 +37,14 @@ __all__ = [
     "covariate_names",
     "dtype_kind",
     "membership",
+    "ordered_levels",
 ]
 
 VISITOR = "visitor"
+# Attribute of an ordered text covariate (a pandas ordered Categorical given to
+# ``observed_data``): its levels, lowest first. Stored with the variable, so Zarr and
+# netCDF keep it.
+ORDERED_LEVELS_ATTR = "pytyche_ordered_levels"
 # Segment ids are stored as int64 (the ``segment`` coordinate).
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -142,6 +147,45 @@ def covariate_names(observed: xr.Dataset, *, exclude: Iterable[str] = ()) -> lis
         for name, var in observed.variables.items()
         if var.dims == (VISITOR,) and name not in observed.xindexes and name not in excluded
     ]
+
+
+def ordered_levels(
+    variable: xr.Variable | xr.DataArray, name: str = "covariate"
+) -> tuple[str, ...] | None:
+    """The levels of an ordered text covariate, lowest first, or None when it is unordered.
+
+    Parameters
+    ----------
+    variable : xarray.Variable or xarray.DataArray
+        A covariate; its ``pytyche_ordered_levels`` attribute (``ORDERED_LEVELS_ATTR``),
+        written by :func:`pytyche.observed_data` for a pandas ordered Categorical, lists the
+        levels in order.
+    name : str, default "covariate"
+        The covariate's name, for the message.
+
+    Returns
+    -------
+    tuple of str or None
+
+    Raises
+    ------
+    ValueError
+        When the attribute is not a non-empty list of distinct strings.
+    """
+    raw = variable.attrs.get(ORDERED_LEVELS_ATTR)
+    if raw is None:
+        return None
+    if isinstance(raw, str):  # a store may hand a one-element list back as its string
+        raw = [raw]
+    levels = tuple(raw) if isinstance(raw, list | tuple | np.ndarray) else ()
+    if not levels or not all(isinstance(v, str) for v in levels) or len(set(levels)) < len(
+        levels
+    ):
+        raise ValueError(
+            f"covariate {name!r} has {ORDERED_LEVELS_ATTR}={raw!r}; expected a non-empty list "
+            "of distinct strings (its levels, lowest first): fix or delete the attribute"
+        )
+    return levels
 
 
 def dtype_kind(dtype: Any) -> str:

@@ -139,6 +139,28 @@ def open_interval(name: str):
     return parse
 
 
+def stability_argument(text: str) -> float:
+    """An argparse type: the smallest tree stability ``min_stability``, in [0, 1].
+
+    Parameters
+    ----------
+    text : str
+        The argument.
+
+    Returns
+    -------
+    float
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    try:
+        return check_probability("min_stability", value, why=" (0 keeps any tree)")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def share_argument(text: str) -> float:
     """An argparse type: a share of visitors in (0, 0.5].
 

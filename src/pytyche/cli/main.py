@@ -26,6 +26,7 @@ from .common import (
     one_line,
     open_interval,
     share_argument,
+    stability_argument,
 )
 from .experiment import add_commands
 from .posterior import (
@@ -237,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=bounded_int(0, 10_000),
         default=50,
         help="bootstrap refits for the stability scores (0 to skip)",
+    )
+    tree.add_argument(
+        "--min-stability",
+        type=stability_argument,
+        default=0.7,
+        help="below this stability (weakest leaf), keep a shallower tree (0 keeps any; "
+        "default 0.7)",
     )
     tree.add_argument("--seed", **seed)
 

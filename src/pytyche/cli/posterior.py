@@ -472,6 +472,7 @@ def tree_command(args) -> None:
             min_segment_share=args.min_segment_share,
             n_bootstrap=args.bootstrap,
             seed=args.seed,
+            min_stability=args.min_stability,
         )
     except PosteriorReadError:  # a corrupt chunk: a failure of the work, not of the input
         raise

@@ -6,11 +6,17 @@ bin; one extra code for a missing value) and the candidate splits over those bin
 - A numeric covariate is cut at thresholds ``x <= t``: every distinct value but the largest
   when there are at most ``MAX_THRESHOLDS`` of them, else ``MAX_THRESHOLDS`` quantiles
   (:func:`cut_points`).
+- A numeric covariate whose values are all 0 or 1 (a 0/1 flag) has the same single split,
+  but as the levels 0 and 1 (:func:`zero_one_feature`), so its rules read ``x == 0`` /
+  ``x == 1``, not ``x <= 0`` / ``x > 0``.
 - A text or boolean covariate with at most ``MAX_EXACT_LEVELS`` levels has one bin per level
   and every two-way partition of its levels as a candidate split.
 - A text covariate with more levels is ordered once, over all visitors, by best arm and that
   arm's mean gain (:func:`level_order`), and then cut like a number at quantiles of that
   order, so every covariate has at most ``MAX_THRESHOLDS + 1`` value bins.
+- An ordered text covariate (its levels listed in order, :func:`pytyche.segments.ordered_levels`)
+  is ordinal (:func:`ordinal_feature`): cut like a number on its levels' ranks, so every split
+  sends a contiguous range of the order each way, whatever its number of levels.
 
 The kind of a covariate (number, text or bool) comes from
 :func:`pytyche.segments.covariate_kind`; numbers are numeric features, text and booleans
@@ -40,8 +46,10 @@ __all__ = [
     "cut_points",
     "level_order",
     "numeric_feature",
+    "ordinal_feature",
     "python_literal",
     "select_features",
+    "zero_one_feature",
 ]
 
 # Candidate thresholds of a numeric covariate (and of a many-level categorical's level ranks):
@@ -69,7 +77,7 @@ class Feature:
     codes: np.ndarray
     n_bins: int
     thresholds: np.ndarray | None = None  # numeric: value bin b holds thresholds[b-1] < x <= ..
-    levels: tuple = ()  # categorical: Python literals, sorted
+    levels: tuple = ()  # categorical: Python literals, sorted (ordinal: in the order)
     level_bins: np.ndarray | None = None  # categorical: the value bin of each level
     is_bool: bool = False
     # Few-level categorical: every two-way partition, (split, bin) 0/1 float64. None: the
@@ -195,6 +203,77 @@ def categorical_feature(name: str, values: np.ndarray, contrasts: np.ndarray) ->
     )
 
 
+def zero_one_feature(name: str, values: np.ndarray) -> Feature | None:
+    """Bin a 0/1 numeric covariate as the levels 0 and 1; None when it holds other values.
+
+    Parameters
+    ----------
+    name : str
+        The covariate's name.
+    values : numpy.ndarray
+        Integer or float (visitor,) values; NaN is missing.
+
+    Returns
+    -------
+    Feature or None
+        A categorical feature with the levels (int) 0 and/or 1 that occur, one bin each, the
+        split a prefix of the bins: the same bins and split as :func:`numeric_feature`'s
+        threshold at 0, so the search is unchanged and only the rule text differs.
+    """
+    present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.size, bool)
+    kept = values[present]
+    if not ((kept == 0) | (kept == 1)).all():
+        return None
+    levels = tuple(int(v) for v in (0, 1) if (kept == v).any())
+    level_bins = np.arange(len(levels))
+    n_bins = len(levels)
+    codes = np.full(values.size, n_bins, dtype=np.int32)
+    codes[present] = (kept == 1) if n_bins == 2 else 0
+    return Feature(name, "categorical", codes, n_bins, levels=levels, level_bins=level_bins)
+
+
+def ordinal_feature(name: str, values: np.ndarray, order: Sequence[str]) -> Feature:
+    """Bin an ordered text covariate: ranges of its order, cut like a number on the ranks.
+
+    Parameters
+    ----------
+    name : str
+        The covariate's name.
+    values : numpy.ndarray
+        Text or object (visitor,) values; None, NaN and ``pd.NA`` are missing.
+    order : sequence of str
+        Every level, lowest first.
+
+    Returns
+    -------
+    Feature
+        ``levels`` in `order` (levels no visitor has included, in the bin of the next level
+        present, so that each side of a split is a contiguous range of `order`); splits are
+        prefixes of the bins.
+
+    Raises
+    ------
+    ValueError
+        When a value is not one of `order`.
+    """
+    level_codes = pd.Index(list(order), dtype=object).get_indexer(values).astype(np.int64)
+    present = level_codes >= 0
+    unknown = ~present & ~np.asarray(pd.isna(values), dtype=bool)
+    if unknown.any():
+        stray = sorted({str(v) for v in values[unknown]})[:5]
+        raise ValueError(
+            f"ordered covariate {name!r} holds value(s) {stray} that are not among its ordered "
+            f"levels {list(order)}; add them to the order (pytyche_ordered_levels) or fix the data"
+        )
+    cuts = cut_points(np.sort(level_codes[present]))
+    level_bins = np.searchsorted(cuts, np.arange(len(order)), side="left")
+    n_bins = int(level_bins.max()) + 1
+    codes = np.full(values.size, n_bins, dtype=np.int32)
+    codes[present] = level_bins[level_codes[present]]
+    levels = tuple(str(level) for level in order)
+    return Feature(name, "categorical", codes, n_bins, levels=levels, level_bins=level_bins)
+
+
 def python_literal(value: Any) -> bool | int | float | str:
     """A level or threshold as the plain Python value a rule literal holds.
 
@@ -277,7 +356,10 @@ def select_features(
 
 
 def bin_features(
-    columns: Mapping[str, np.ndarray], contrasts: np.ndarray, skip_unusable: bool = False
+    columns: Mapping[str, np.ndarray],
+    contrasts: np.ndarray,
+    skip_unusable: bool = False,
+    orders: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Feature]:
     """Bin each covariate for the search.
 
@@ -291,6 +373,9 @@ def bin_features(
     skip_unusable : bool, default False
         Skip a column :func:`pytyche.segments.covariate_kind` rejects (an object column
         mixing kinds of values, or an unsupported dtype) instead of raising.
+    orders : mapping of str to sequence of str, optional
+        The levels, lowest first, of the ordered text covariates: binned by
+        :func:`ordinal_feature`.
 
     Returns
     -------
@@ -300,8 +385,10 @@ def bin_features(
     Raises
     ------
     ValueError
-        When a column is unusable and `skip_unusable` is False.
+        When a column is unusable and `skip_unusable` is False, an ordered covariate is not
+        text, or holds a value not in its order.
     """
+    orders = orders or {}
     features = []
     for name, values in columns.items():
         values = np.asarray(values)
@@ -319,13 +406,21 @@ def bin_features(
                 f"({pd.api.types.infer_dtype(values, skipna=True)}); expected all text, all "
                 "numbers or all booleans, with None/NaN for missing"
             ) from error
-        if kind == "number":
+        if name in orders:
+            if kind != "text":
+                raise ValueError(
+                    f"feature {name!r} has ordered levels {list(orders[name])} but holds "
+                    f"{kind} values; an order applies to text only: delete the attribute"
+                )
+            features.append(ordinal_feature(name, values, orders[name]))
+        elif kind == "number":
             if values.dtype.kind == "O":  # numbers in an object column: float, NaN missing
                 present = ~np.asarray(pd.isna(values), dtype=bool)
                 numbers_ = np.full(values.shape, np.nan)
                 numbers_[present] = values[present].astype(np.float64)
                 values = numbers_
-            features.append(numeric_feature(name, values))
+            zero_one = zero_one_feature(name, values)
+            features.append(numeric_feature(name, values) if zero_one is None else zero_one)
         else:  # text or bool
             features.append(categorical_feature(name, values, contrasts))
     return features

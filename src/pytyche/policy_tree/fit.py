@@ -27,15 +27,16 @@ import numbers
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import dask
 import dask.array as da
 import numpy as np
 
 from .._config import get_options, worker_threads
-from .._validate import check_choice, check_count
+from .._validate import check_choice, check_count, check_probability
 from ..results import VISITOR, BCFResult, check_posterior
-from ..segments import DiscoveredSegment
+from ..segments import DiscoveredSegment, ordered_levels
 from ..summary import segment_summary
 from ._kernels import posterior_mean_block
 from .binning import Feature, bin_features, select_features
@@ -47,19 +48,23 @@ from .search import (
     exact_work,
     leaf_labels,
     leaf_value_and_arm,
+    tree_depth,
     tree_leaves,
 )
 
 __all__ = [
     "GATE_CI",
     "MAX_DEPTH",
+    "MIN_STABILITY",
     "SEARCHES",
     "STABILITY_JACCARD",
+    "TreeSearch",
     "fit_policy_tree",
     "min_segment_count",
     "posterior_mean_metric",
     "search_tree",
     "stability_scores",
+    "tree_stability",
 ]
 
 MAX_DEPTH = 6
@@ -68,6 +73,12 @@ SEARCHES = ("auto", "exact", "lookahead")
 GATE_CI = 0.8
 # A leaf counts as reproduced by a bootstrap refit when some refit leaf overlaps it this much.
 STABILITY_JACCARD = 0.5
+# Default smallest tree stability (its weakest leaf's stability score) a tree needs to be
+# kept; below it, the deepest shallower tree that reaches it is kept. A planted segment scores
+# about 1 (reproduced in nearly every refit); leaves of noise about 0.2-0.6 (0.42 on a real
+# e-mail experiment's depth-3 tree). 0.7 asks that every segment be reproduced in a clear
+# majority of the refits.
+MIN_STABILITY = 0.7
 
 
 # --------------------------------------------------------------------------- Γ̄
@@ -136,6 +147,7 @@ def fit_policy_tree(
     n_bootstrap: int = 50,
     seed: int = 0,
     search: str = "auto",
+    min_stability: float = MIN_STABILITY,
 ) -> PolicyTreeResult:
     """Discover segments: the shallow tree whose leaves, served their best arms, pay most.
 
@@ -152,8 +164,10 @@ def fit_policy_tree(
     distinct value, or 64 quantiles when there are more) and a two-way partition of the
     levels of a text or boolean covariate, written as set membership (every partition up to
     12 levels; with more, the levels are ordered once, over all visitors, by best arm and
-    gain, and cut at up to 64 quantiles of that order, like a number). Depth 1 and 2 are
-    exact: the best tree over those candidate splits. Depth 3 and more are exact when the
+    gain, and cut at up to 64 quantiles of that order, like a number). An ordered text
+    covariate (a pandas ordered Categorical given to :func:`pytyche.observed_data`) is cut
+    only into ranges of its order, each written as the set of its levels, in order. Depth 1
+    and 2 are exact: the best tree over those candidate splits. Depth 3 and more are exact when the
     work fits a budget, else searched with a look-ahead of depth 2 at each node. Every leaf
     holds at least `min_segment_share` of the visitors; sibling leaves never serve the same
     arm (such a pair is one leaf), and "exact" means best among the trees that respect this;
@@ -190,6 +204,17 @@ def fit_policy_tree(
         slow), ``"lookahead"`` always with the depth-2 look-ahead, ``"auto"`` exhaustively when
         the estimated work is within the ``exact_tree_budget`` option
         (:func:`pytyche.set_options`). Depth 1 and 2 are always exact.
+    min_stability : float, default 0.7
+        Smallest tree stability to act on, in [0, 1]: the smallest ``stability_score`` of
+        its leaves (every segment reproduced by that fraction of the refits). When the
+        fitted tree's is below it, the tree is set aside for the best tree one level
+        shallower, refitted and scored with its own `n_bootstrap` refits, and so on: the
+        result is the deepest tree that reaches `min_stability`, or the root alone (one
+        segment, ``everyone``). ``.stability_note`` says so, and ``.rejected_trees`` lists
+        the trees set aside. Planted segments score about 1, leaves of noise about 0.2-0.6;
+        0.7 asks that every segment be reproduced in a clear majority of the refits. 0
+        keeps the tree whatever its stability; with ``n_bootstrap=0`` nothing is checked.
+        Each level set aside costs another `n_bootstrap` refits.
 
     Returns
     -------
@@ -199,21 +224,22 @@ def fit_policy_tree(
         epsilon=0)``), ``gate_estimate`` and ``gate_interval`` (posterior mean and 80%
         interval of the best arm's segment-mean contrast against control) and
         ``stability_score`` (fraction of bootstrap refits with a leaf of Jaccard overlap
-        >= 0.5 with this leaf's members).
+        >= 0.5 with this leaf's members); ``.stability`` is the tree's stability.
 
     Raises
     ------
     ValueError
         When `max_depth` is outside 0..6, `min_segment_share` is outside (0, 0.5] (or an int
-        below 1 or above half of the visitors), `n_bootstrap` or `seed` is negative, `search`
+        below 1 or above half of the visitors), `min_stability` is NaN or outside [0, 1],
+        `n_bootstrap` or `seed` is negative, `search`
         is not one of its choices, `features` is empty, names an unknown covariate, not a
         covariate, a covariate twice or an unusable one (e.g. an object column mixing
         kinds of values), ``posterior.observed`` is None, or the posterior-mean metric is
         not finite.
     TypeError
         When `posterior` is not an accepted result type, or `max_depth`, `n_bootstrap`,
-        `seed` or `min_segment_share` is not a number of the right kind (an int, or for the
-        share a real number).
+        `seed`, `min_segment_share` or `min_stability` is not a number of the right kind (an
+        int, or for the share and the stability a real number).
 
     Examples
     --------
@@ -230,12 +256,18 @@ def fit_policy_tree(
     n_bootstrap = check_count("n_bootstrap", n_bootstrap)
     seed = check_count("seed", seed)
     search = check_choice("search", search, SEARCHES)
+    min_stability = check_probability("min_stability", min_stability)
     observed = result.observed
     if observed is None:  # check_posterior has refused such a posterior
         raise ValueError("the posterior carries no observed data")
     n_visitors = observed.sizes[VISITOR]
     min_size = min_segment_count(min_segment_share, n_visitors)
     names, by_default = select_features(observed, features)
+    orders = {
+        name: order
+        for name in names
+        if (order := ordered_levels(observed[name].variable, name)) is not None
+    }
 
     # Pass 1: Γ̄ and the covariates, in one compute.
     mean_metric, *columns = dask.compute(
@@ -258,8 +290,10 @@ def fit_policy_tree(
         seed=seed,
         search=search,
         skip_unusable=by_default,
+        orders=orders,
+        min_stability=min_stability,
     )
-    root, bins, labels, stability, exact = search_result
+    root, bins, labels, stability, exact, rejected = search_result
     contrasts_width = mean_metric.shape[1] - 1
 
     nodes, paths = describe_tree(root, bins)
@@ -308,8 +342,22 @@ def fit_policy_tree(
         "objective": (control_total + leaf_values) / n_visitors,
         "control_objective": control_total / n_visitors,
         "unassigned_share": float((labels < 0).mean()),
+        "min_stability": min_stability,
+        "stability": tree_stability(stability),
+        "rejected_trees": rejected,
     }
     return PolicyTreeResult(nodes=nodes, segments=described, info=info, posterior=result)
+
+
+class TreeSearch(NamedTuple):
+    """What :func:`search_tree` found."""
+
+    root: Node  # the kept tree
+    bins: list[Feature]  # the binned covariates
+    labels: np.ndarray  # int64 (visitor,): each visitor's leaf, -1 unassigned
+    stability: np.ndarray  # float64 (leaf,): each leaf's stability score
+    exact: bool  # whether depth >= 3 was searched exhaustively
+    rejected: list[dict]  # the deeper trees set aside: {"depth", "stability"}, deepest first
 
 
 def search_tree(
@@ -322,8 +370,10 @@ def search_tree(
     seed: int,
     search: str,
     skip_unusable: bool = False,
-) -> tuple[Node, list[Feature], np.ndarray, np.ndarray, bool]:
-    """The in-memory part of the fit: bin, search, and refit on bootstrap resamples.
+    orders: Mapping[str, Sequence[str]] | None = None,
+    min_stability: float = 0.0,
+) -> TreeSearch:
+    """The in-memory part of the fit: bin, search, refit on bootstrap resamples.
 
     Parameters
     ----------
@@ -344,31 +394,63 @@ def search_tree(
     skip_unusable : bool, default False
         Skip columns :func:`pytyche.segments.covariate_kind` rejects instead of raising (for
         the default features).
+    orders : mapping of str to sequence of str, optional
+        The levels, lowest first, of the ordered text covariates (split only into ranges).
+    min_stability : float, default 0.0
+        While the tree's :func:`tree_stability` is below this (with `n_bootstrap` > 0), the
+        tree is set aside for the best tree one level shallower than it, refitted and
+        rescored the same way; the root alone (stability 1) always qualifies.
 
     Returns
     -------
-    root, bins, labels, stability, exact
-        The tree, the binned covariates, each visitor's leaf (-1 unassigned), each leaf's
-        stability score and whether depth >= 3 was searched exhaustively.
+    TreeSearch
     """
     n_visitors = mean_metric.shape[0]
     contrasts = np.ascontiguousarray(mean_metric[:, 1:] - mean_metric[:, :1])
-    bins = bin_features(columns, contrasts, skip_unusable)
+    bins = bin_features(columns, contrasts, skip_unusable, orders)
     if search == "auto":
         work = exact_work(bins, n_visitors, contrasts.shape[1] + 1, max_depth)
         exact = work <= get_options()["exact_tree_budget"]
     else:
         exact = search == "exact"
-
     layout = SplitLayout.of(bins)  # shared by the bootstrap refits
 
-    def fit(weights: np.ndarray, threads: int | None = None) -> Node:
-        return Search(bins, contrasts, weights, min_size, exact, layout, threads).fit(max_depth)
+    def fit_at(depth: int) -> tuple[Node, np.ndarray, np.ndarray]:
+        def fit(weights: np.ndarray, threads: int | None = None) -> Node:
+            return Search(bins, contrasts, weights, min_size, exact, layout, threads).fit(depth)
 
-    root = fit(np.ones(n_visitors))
-    labels = leaf_labels(root, bins, n_visitors)
-    stability = stability_scores(labels, fit, bins, n_visitors, n_bootstrap, seed)
-    return root, bins, labels, stability, exact
+        root = fit(np.ones(n_visitors))
+        labels = leaf_labels(root, bins, n_visitors)
+        return root, labels, stability_scores(labels, fit, bins, n_visitors, n_bootstrap, seed)
+
+    root, labels, stability = fit_at(max_depth)
+    rejected: list[dict] = []
+    while tree_depth(root) > 0 and tree_stability(stability) < min_stability:
+        rejected.append(
+            {"depth": tree_depth(root), "stability": tree_stability(stability)}
+        )
+        root, labels, stability = fit_at(tree_depth(root) - 1)
+    return TreeSearch(root, bins, labels, stability, exact, rejected)
+
+
+def tree_stability(stability: np.ndarray) -> float:
+    """A tree's stability: the smallest of its leaves' stability scores.
+
+    The weakest leaf, not an average: a large leaf is reproduced almost whatever the refit
+    (some refit leaf covers half of it), so an average over visitors would hide a split
+    that noise placed.
+
+    Parameters
+    ----------
+    stability : numpy.ndarray
+        float64 (leaf,): the leaves' stability scores (NaN without refits).
+
+    Returns
+    -------
+    float
+        NaN without refits.
+    """
+    return float(np.min(stability))
 
 
 def stability_scores(

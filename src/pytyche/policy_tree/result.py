@@ -285,6 +285,17 @@ class PolicyTreeResult:
         Fraction of the fitted visitors in no leaf (a missing value on a split covariate).
     search : str
         ``"exact"`` or ``"lookahead"``: how levels below the last two were searched.
+    stability : float
+        The tree's stability: the smallest ``stability_score`` of its leaves (NaN without
+        bootstrap refits).
+    min_stability : float
+        The smallest stability the fit accepted (0 for a tree built before it existed).
+    rejected_trees : tuple of dict
+        The deeper trees set aside as less stable than `min_stability`, deepest first:
+        ``{"depth": int, "stability": float}`` each; empty when the fitted tree was kept.
+    stability_note : str or None
+        Why the tree is shallower than fitted (which depths were set aside, at what
+        stability, and which was kept), or None when nothing was set aside.
     n_visitors, max_depth, min_segment_share, min_segment_size, n_bootstrap, seed
         The fit's inputs (``min_segment_size`` is the share as a visitor count).
     posterior : BCFResult or None
@@ -307,6 +318,32 @@ class PolicyTreeResult:
         self.objective = float(info["objective"])
         self.control_objective = float(info["control_objective"])
         self.unassigned_share = float(info["unassigned_share"])
+        stability = info.get("stability")
+        self.stability = math.nan if stability is None else float(stability)
+        self.min_stability = float(info.get("min_stability", 0.0))
+        self.rejected_trees = tuple(
+            {"depth": int(tree["depth"]), "stability": float(tree["stability"])}
+            for tree in info.get("rejected_trees", ())
+        )
+
+    @property
+    def stability_note(self) -> str | None:
+        """Why the tree is shallower than fitted, or None when no tree was set aside."""
+        if not self.rejected_trees:
+            return None
+        rejected = ", ".join(
+            f"depth {tree['depth']} (stability {tree['stability']:.2f})"
+            for tree in self.rejected_trees
+        )
+        kept = (
+            "the root alone (one segment, everyone)"
+            if self.depth == 0
+            else f"the depth-{self.depth} tree (stability {self.stability:.2f})"
+        )
+        return (
+            f"not stable enough to act on: set aside the tree(s) of {rejected}, below "
+            f"min_stability {self.min_stability:g}; kept {kept}"
+        )
 
     # -- use ------------------------------------------------------------------------------
 
@@ -424,6 +461,9 @@ class PolicyTreeResult:
             "objective": self.objective,
             "control_objective": self.control_objective,
             "unassigned_share": self.unassigned_share,
+            "stability": None if math.isnan(self.stability) else self.stability,
+            "min_stability": self.min_stability,
+            "rejected_trees": [dict(tree) for tree in self.rejected_trees],
             "nodes": json.loads(json.dumps(self._nodes)),
             "segments": segments,
         }
@@ -489,6 +529,8 @@ class PolicyTreeResult:
                 f"\n{self.unassigned_share:.1%} of visitors unassigned (a missing value on a "
                 "split covariate)"
             )
+        if self.stability_note is not None:
+            header += f"\n{self.stability_note}"
         lines = [header, "everyone"]
 
         def visit(node_id: int, prefix: str) -> None:
@@ -527,9 +569,16 @@ class PolicyTreeResult:
         return text
 
     def __repr__(self) -> str:
+        fallback = ""
+        if self.rejected_trees:
+            deepest = self.rejected_trees[0]
+            fallback = (
+                f", depth {self.depth} kept for stability (depth {deepest['depth']}: "
+                f"{deepest['stability']:.2f} < {self.min_stability:g})"
+            )
         return (
             f"<PolicyTreeResult: {len(self.segments)} segment(s), max_depth={self.max_depth}, "
-            f"arms={list(self.arms)}>"
+            f"arms={list(self.arms)}{fallback}>"
         )
 
     def _repr_html_(self) -> str:
@@ -585,6 +634,11 @@ def _tree_html(tree: PolicyTreeResult) -> str:
             ("gain of the policy", _html.Cell(_html.number(gain, "+.4g"), gain)),
             ("unassigned", f"{_html.percent(tree.unassigned_share)} (missing split covariate)"),
             ("bootstrap refits", f"{tree.n_bootstrap} (seed {tree.seed})"),
+            (
+                "stability",
+                f"{_html.number(tree.stability, '.2f')} (min_stability {tree.min_stability:g})",
+            ),
+            *([("set aside", tree.stability_note)] if tree.stability_note else []),
         ]
     )
     rows = []

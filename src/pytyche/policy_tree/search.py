@@ -50,6 +50,7 @@ __all__ = [
     "split_arrays",
     "split_left_bins",
     "split_sums",
+    "tree_depth",
     "tree_leaves",
 ]
 
@@ -552,3 +553,11 @@ def tree_leaves(root: Node) -> list[Node]:
         return [root]
     _, left, right = root.split()
     return tree_leaves(left) + tree_leaves(right)
+
+
+def tree_depth(root: Node) -> int:
+    """The depth of a tree: 0 for a leaf."""
+    if root.is_leaf:
+        return 0
+    _, left, right = root.split()
+    return 1 + max(tree_depth(left), tree_depth(right))
