@@ -245,6 +245,7 @@ def coverage_pairs(records: list[dict]) -> list[dict]:
                         "covered_95": lo95 <= true <= up95,
                         # Standardized error: (centre - truth) / sd, sd from the 80% interval.
                         "error_z": ((lo + up) / 2.0 - true) / (half / Z_CI) if half > 0 else 0.0,
+                        "sign": math.copysign(1.0, true) if true else 0.0,
                         "width": up - lo,
                         "above": above,
                         "below": below,
@@ -326,6 +327,13 @@ def coverage_row(chosen: list[dict]) -> dict:
         # Bias in standard errors: the mean of (centre - truth) / sd, and its standard error.
         "bias_z": float(np.mean([r["error_z"] for r in chosen])),
         "bias_z_se": float(np.std([r["error_z"] for r in chosen], ddof=1) / math.sqrt(n))
+        if n > 1
+        else math.nan,
+        # The same error signed away from 0: negative when estimates are shrunk toward 0
+        # (positive and negative truths do not cancel here).
+        "outward_z": float(np.mean([r["sign"] * r["error_z"] for r in chosen])),
+        "outward_z_se": float(np.std([r["sign"] * r["error_z"] for r in chosen], ddof=1))
+        / math.sqrt(n)
         if n > 1
         else math.nan,
     }
@@ -556,7 +564,8 @@ def print_tables(reliability, coverage, configs, by_segment, top_by_segment, shr
     print(f"\ncoverage of the {CI:.0%} contrast intervals (each treatment vs control)")
     print(
         f"  {'family':<10} {'K':>2} {'exps':>5} {'n':>5} {'coverage':>9} {'se':>6} {'se(cl)':>7} "
-        f"{'above':>6} {'below':>6} {'to 0':>5} {'widen':>6} {'cov95':>6} {'bias z':>7} {'se':>5}"
+        f"{'above':>6} {'below':>6} {'to 0':>5} {'widen':>6} {'cov95':>6} {'bias z':>7} {'se':>5} "
+        f"{'out z':>6}"
     )
     for row in coverage:
         k = "" if row["family"] == "all" else row["k"]
@@ -566,11 +575,12 @@ def print_tables(reliability, coverage, configs, by_segment, top_by_segment, shr
             f"{fmt(row['miss_above']):>6} {fmt(row['miss_below']):>6} "
             f"{fmt(row['misses_toward_zero'], '.2f'):>5} {fmt(row['widen_for_nominal'], '.2f'):>6} "
             f"{fmt(row['coverage_95']):>6} {fmt(row['bias_z'], '+.3f'):>7} "
-            f"{fmt(row['bias_z_se'], '.3f'):>5}"
+            f"{fmt(row['bias_z_se'], '.3f'):>5} {fmt(row['outward_z'], '+.3f'):>6}"
         )
     print("  (above/below: truth above/below the interval; to 0: share of the misses whose")
     print("  interval lies on 0's side of the truth; widen: factor about the centre for 80%;")
-    print("  cov95: coverage of the 95% intervals; bias z: mean (centre - truth) / sd, its se)")
+    print("  cov95: coverage of the 95% intervals; bias z: mean (centre - truth) / sd, its se;")
+    print("  out z: the same signed away from 0, negative when estimates shrink toward 0)")
     print("\ncoverage per planted segment and arm (families and K pooled)")
     print(f"  {'segment':<38} {'arm':<4} {'n':>4} {'coverage':>9} {'se(cl)':>7} {'to 0':>5}")
     for row in by_segment:
@@ -788,6 +798,13 @@ def run(args) -> tuple[dict, list[dict]]:
         f"{args.burnin} burn-in, {args.trees_mu}/{args.trees_tau} trees (μ/τ), "
         f"{args.workers} worker(s)"
     )
+    fit = {
+        "draws": args.draws,
+        "chains": args.chains,
+        "burnin": args.burnin,
+        "trees_mu": args.trees_mu,
+        "trees_tau": args.trees_tau,
+    }
     tasks = [
         {
             "index": i,
@@ -795,17 +812,13 @@ def run(args) -> tuple[dict, list[dict]]:
             "k": CONFIGS[i % len(CONFIGS)][1],
             "seed": args.seed * 100_000 + i,
             "visitors": args.visitors,
-            "draws": args.draws,
-            "chains": args.chains,
-            "burnin": args.burnin,
-            "trees_mu": args.trees_mu,
-            "trees_tau": args.trees_tau,
+            **fit,
         }
         for i in range(args.experiments)
     ]
     tasks += [
         {
-            **tasks[0],
+            **fit,
             "index": args.experiments + j,
             "family": "hurdle",
             "k": 3,

@@ -69,28 +69,42 @@ def test_calibration_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys):
     assert len({r["seed"] for r in records}) == 2
     pairs = contrasts = 0
     for record in records:
-        assert len(record["segments"]) == 4  # the planted segments
-        for seg in record["segments"]:
-            k = record["k"]
+        k = record["k"]
+        # The planted segments and everyone, scored after and before the correction and by
+        # the difference in means, against the same truth.
+        sides = [record[key] for key in ("segments", "raw_segments", "dim_segments")]
+        for side in sides:
+            assert [seg["population"] for seg in side] == [False] * 4 + [True]
+            assert [seg["true_contrast"] for seg in side] == [s["true_contrast"] for s in sides[0]]
+        for seg in record["segments"][:4]:
             assert seg["members"] == seg["summary_members"] > 0
             assert len(seg["prob_best"]) == len(seg["true_contrast"]) == k
             assert 0 <= seg["true_best"] < k and seg["true_contrast"][0] == 0
             assert math.isclose(sum(seg["prob_best"]), 1.0, abs_tol=1e-9)
-            bounds = zip(seg["contrast_lower"], seg["contrast_upper"], strict=True)
-            assert all(lo <= up for lo, up in bounds)
+            for suffix in ("", "_95"):
+                lower, upper = seg[f"contrast_lower{suffix}"], seg[f"contrast_upper{suffix}"]
+                bounds = zip(lower, upper, strict=True)
+                assert all(lo <= up for lo, up in bounds)
             pairs += k
             contrasts += k - 1
+        for dim in record["dim_segments"]:  # the 95% interval holds the 80% one
+            assert dim["contrast_lower_95"][1] < dim["contrast_lower"][1] < dim["contrast"][1]
 
-    summary = json.loads((tmp_path / "calibration_summary.json").read_text())
+    saved = json.loads((tmp_path / "calibration_summary.json").read_text())
+    assert {"before", "after", "dim_coverage", "sharpness", "population"} <= set(saved)
+    summary = saved["after"]
     bins = summary["reliability"]
     assert len(bins) == 10 and sum(b["count"] for b in bins) == pairs
     for b in bins:
         if b["count"]:
-            assert 0 <= b["frequency"] <= 1 and b["bin"][0] <= b["mean_p"] <= b["bin"][1]
+            # p lands in bin floor(10 p), which rounding may put a hair below p's bin edge.
+            low, high = b["bin"][0] - 1e-12, b["bin"][1] + 1e-12
+            assert 0 <= b["frequency"] <= 1 and low <= b["mean_p"] <= high
     coverage = {(row["family"], row["k"]): row for row in summary["coverage"]}
     assert coverage[("all", 0)]["contrasts"] == contrasts
     assert sum(row["contrasts"] for key, row in coverage.items() if key[0] != "all") == contrasts
     for row in coverage.values():
-        assert 0 <= row["coverage"] <= 1
+        assert 0 <= row["coverage"] <= row["coverage_95"] <= 1
         assert math.isclose(row["coverage"] + row["miss_above"] + row["miss_below"], 1.0)
+    assert all(row["dr_over_dim"] > 0 for row in saved["sharpness"])
     assert sum(row["segments"] for row in summary["per_config"] if row["family"] != "all") == 8

@@ -277,6 +277,16 @@ def test_summary_prints_errors_diagnostics_and_decisions(store, segments_file, c
     # 2 chains of 30 draws: too few effective samples, said on stderr as a warning line.
     assert captured.err.startswith("pytyche: warning: segment_summary: ")
     assert "bulk ESS" in captured.err and captured.err.count("\n") == 1
+    assert "min practical effect 0.000" not in captured.out  # the default: 2% of control
+
+
+def test_summary_takes_the_min_practical_effect(store, segments_file, capsys):
+    argv = ["summary", str(store), "--segments", str(segments_file)]
+    assert cli.main([*argv, "--min-practical-effect", "0.25"]) == 0
+    assert "min practical effect 0.25)" in capsys.readouterr().out
+    code, err = run([*argv, "--min-practical-effect", "-1"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--min-practical-effect: expected an amount >= 0" in err
 
 
 @pytest.fixture

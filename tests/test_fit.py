@@ -34,6 +34,18 @@ CORRELATION_FLOOR = {"binary": 0.75, "continuous": 0.8, "hurdle": 0.8}
 DECISIVE = 0.95
 
 
+def forest_contrast(result) -> np.ndarray:
+    """(visitor, arm) posterior-mean contrast of the forests themselves, before any correction.
+
+    A doubly robust posterior keeps the forests' posterior-mean metric as ``outcome_model``;
+    its served-arm draws are per-visitor pseudo-outcomes, noisy by design.
+    """
+    if result.correction is None:
+        return result.contrast().mean("draw").values
+    model = result.dataset["outcome_model"].transpose("visitor", "arm").values
+    return model - model[:, :1]
+
+
 @pytest.fixture(scope="module")
 def recovered():
     """Fits of the segmented scenario (10,000 visitors, 3 arms): each family, seeds 1-3."""
@@ -69,11 +81,18 @@ def test_fit_output_follows_the_contract(recovered, family):
         assert isinstance(var.data, da.Array)
         assert var.data.chunks[1:] == ((60,), (3,))
         assert np.isfinite(var.values).all()
+    # Doubly robust by default: the served arm holds the visitor's pseudo-outcome (unbounded);
+    # every other arm, and the forests' own mean, keep the family's range.
+    assert result.correction["method"] == "doubly_robust"
+    served = fit_module.arm_codes(observed, ["control", "A", "B"])
+    others = np.ones((ds.sizes["visitor"], 3), bool)
+    others[np.arange(served.size), served] = False
     if family in ("binary", "hurdle"):
-        conversion = ds["conversion"].values
+        conversion = ds["conversion"].transpose("visitor", "arm", "draw").values[others]
         assert conversion.min() >= 0 and conversion.max() <= 1
     if family == "hurdle":
-        assert ds["value"].values.min() > 0
+        assert ds["value"].transpose("visitor", "arm", "draw").values[others].min() > 0
+        assert (ds["outcome_model"].values > 0).all()
     # Observed data rides along as visitor coordinates, unchanged.
     for name in ("variant", "device", "age", "returning", "visits", "outcome"):
         xr.testing.assert_identical(
@@ -86,7 +105,7 @@ def test_fit_output_follows_the_contract(recovered, family):
 def test_posterior_mean_contrast_recovers_the_truth(recovered, family):
     for seed in SEEDS:
         _, truth, result = recovered[family, seed]
-        estimate = result.contrast().mean("draw").values
+        estimate = forest_contrast(result)
         true = truth["metric"].values - truth["metric"].values[:, :1]
         correlations = [np.corrcoef(estimate[:, k], true[:, k])[0, 1] for k in (1, 2)]
         print(
@@ -125,7 +144,7 @@ def test_every_arm_recovers_its_own_contrast(arms):
     observed, truth = pt.simulate_experiment(6_000, arms, "continuous", seed=1)
     options = {**RECOVERY, "n_draws": 40, "progress": False}
     result = pt.fit_continuous_bcf(observed, seed=1, **options)
-    estimate = result.contrast().mean("draw").values
+    estimate = forest_contrast(result)
     true = truth["metric"].values - truth["metric"].values[:, :1]
     correlations = [np.corrcoef(estimate[:, k], true[:, k])[0, 1] for k in range(1, len(arms))]
     print(f"\nK={len(arms)}: per-arm correlations {np.round(correlations, 3).tolist()}")
@@ -211,7 +230,7 @@ def test_draws_are_built_from_stochtree_own_draws(stochtree_runs, n_arms):
 
     arms = ["control", "A", "B", "C"][:n_arms]
     observed, _ = pt.simulate_experiment(400, arms, "hurdle", seed=2)
-    result = pt.fit_hurdle_bcf(observed, **{**TINY, "n_draws": 7})
+    result = pt.fit_hurdle_bcf(observed, **{**TINY, "n_draws": 7}, correction=None)
     (conversion_model, conversion_args), (value_model, _) = stochtree_runs
     codes = np.searchsorted(arms, observed["variant"].values, sorter=np.argsort(arms))
     codes = np.argsort(arms)[codes]
@@ -402,7 +421,7 @@ def test_sampled_fit_predicts_its_training_visitors_as_stochtree_did(stochtree_r
     from scipy.special import ndtr
 
     observed, _ = pt.simulate_experiment(1_500, family="hurdle", seed=5)
-    result = pt.fit_hurdle_bcf(observed, max_train_visitors=400, seed=3, **TINY)
+    result = pt.fit_hurdle_bcf(observed, max_train_visitors=400, seed=3, correction=None, **TINY)
     (conversion_model, conversion_args), (value_model, value_args) = stochtree_runs
     outcome = observed["outcome"].values
     converted = outcome > 0
@@ -448,7 +467,12 @@ def test_sampled_fit_is_lazy_and_streams_chunk_by_chunk(monkeypatch, tmp_path):
     # Per-task temporaries stay small: each predict call covers one block of a chunk.
     with counting_scheduler(0), pt.set_options(numpy_block_bytes=100 * 12 * 3 * 8):
         result = pt.fit_binary_bcf(
-            observed, max_train_visitors=300, chunk_bytes=chunk_bytes, seed=1, **TINY
+            observed,
+            max_train_visitors=300,
+            chunk_bytes=chunk_bytes,
+            seed=1,
+            correction=None,
+            **TINY,
         )
     assert calls == []  # nothing predicted yet
     conversion = result.dataset["conversion"].data
@@ -515,7 +539,7 @@ def test_sampled_fit_recovers_the_truth(family):
         observed, family=family, seed=1, progress=False, max_train_visitors=10_000, **RECOVERY
     )
     assert fit_info(result)["train_visitors"] == 10_000
-    estimate = result.contrast().mean("draw").values
+    estimate = forest_contrast(result)
     true = truth["metric"].values - truth["metric"].values[:, :1]
     correlations = [np.corrcoef(estimate[:, k], true[:, k])[0, 1] for k in (1, 2)]
     print(f"\n{family}, trained on 10,000 of 20,000: correlations {np.round(correlations, 3)}")

@@ -27,7 +27,7 @@ import xarray as xr
 from ._aipw import ADDITIVE, HURDLE_CONVERSION, HURDLE_VALUE, corrected_block, stream_key
 from ._validate import check_count
 from .data import OUTCOME, VARIANT, arm_codes, observed_variables
-from .results import BCFResult, HurdleBCFResult, check_posterior
+from .results import ARM, OUTCOME_MODEL, VISITOR, BCFResult, HurdleBCFResult, check_posterior
 
 __all__ = [
     "CORRECTION_ATTR",
@@ -81,8 +81,11 @@ def doubly_robust(posterior: BCFResult, *, propensity=None, seed: int = 0) -> BC
     BCFResult
         Same family, dims and coordinates; the metric variables replaced (float32, lazy on a
         dask-backed posterior: one task per visitor chunk), visitor-major. Only the
-        ``variant`` and ``outcome`` columns are read now (one compute when they are lazy). The attribute
-        ``pytyche_correction`` (JSON) records the method, the propensity source and the seed.
+        ``variant`` and ``outcome`` columns are read now (one compute when they are lazy).
+        The coordinate ``outcome_model`` (visitor, arm) keeps the forests' posterior-mean
+        metric before the correction: the outcome model :func:`pytyche.evaluate_policy` needs.
+        The attribute ``pytyche_correction`` (JSON) records the method, the propensity source
+        and the seed.
 
     Raises
     ------
@@ -134,25 +137,23 @@ def _corrected_result(posterior, served, outcome, chosen, seed, info) -> BCFResu
     outputs = (HURDLE_CONVERSION, HURDLE_VALUE) if hurdle else (ADDITIVE,)
     key = stream_key(seed)
     dataset = posterior.dataset
+    data = [f.data for f in factors]
+    lazy = any(isinstance(d, da.Array) for d in data)
     variables = {}
     for name, which in zip(posterior.metric_variables, outputs, strict=True):
-        data = [f.data for f in factors]
-        if any(isinstance(d, da.Array) for d in data):
+        values: np.ndarray | da.Array
+        if lazy:
             values = _lazy(data, served, outcome, chosen, key, which)
         else:
+            arrays = tuple(np.asarray(d) for d in data)
             values = corrected_block(
-                tuple(np.asarray(d) for d in data),
-                served,
-                outcome,
-                chosen,
-                key=key,
-                first_row=0,
-                which=which,
+                arrays, served, outcome, chosen, key=key, first_row=0, which=which
             )
-        template = factors[0]
-        variables[name] = xr.Variable(template.dims, values, dataset[name].attrs)
+        variables[name] = xr.Variable(factors[0].dims, values, dataset[name].attrs)
     attrs = {**dataset.attrs, CORRECTION_ATTR: json.dumps(info)}
+    model = posterior.metric().mean(posterior.sample_dims, skipna=False).astype(np.float32)
     corrected = dataset.drop_vars(list(posterior.metric_variables)).assign(variables)
+    corrected = corrected.assign_coords({OUTCOME_MODEL: model.variable.transpose(VISITOR, ARM)})
     return type(posterior)(corrected.assign_attrs(attrs))
 
 

@@ -26,6 +26,7 @@ from .results import (
     ARM,
     CHAIN,
     DRAW,
+    OUTCOME_MODEL,
     RESULT_TYPES,
     VISITOR,
     BCFResult,
@@ -41,7 +42,13 @@ OUTCOME = "outcome"
 VARIANT = "variant"
 # Names a posterior uses itself (its variables and dims): no observed variable may take them.
 POSTERIOR_NAMES = frozenset(
-    {ARM, DRAW, CHAIN, *(name for cls in RESULT_TYPES.values() for name in cls.metric_variables)}
+    {
+        ARM,
+        DRAW,
+        CHAIN,
+        OUTCOME_MODEL,
+        *(name for cls in RESULT_TYPES.values() for name in cls.metric_variables),
+    }
 )
 # Names the observed Dataset uses itself, too; a covariate may not take them.
 RESERVED = frozenset({VISITOR, VARIANT, OUTCOME, *POSTERIOR_NAMES})

@@ -20,9 +20,10 @@ from scipy.special import ndtr
 from . import _html
 from ._mcse import probability_mcse
 from ._validate import check_metric_amount, check_probability
-from .results import ARM, CHAIN, BCFResult, BinaryBCFResult, HurdleBCFResult
+from .results import ARM, BCFResult, BinaryBCFResult, HurdleBCFResult
 from .setup_check import practical_effect
 from .statistics import (
+    MCSE_METHOD,
     Segments,
     indicator_ess,
     posterior_and_membership,
@@ -455,12 +456,7 @@ def recommend(
         "n_samples": n_samples,
         "family": result.family,
         "control": result.control,
-        "mcse_method": (
-            "sqrt(p (1 - p) / ESS); ESS: autocorrelation-based effective sample size of the "
-            "event's indicator across chains"
-            if CHAIN in sample_dims
-            else "sqrt(p (1 - p) / n_samples): samples treated as independent (no chain dim)"
-        ),
+        "mcse_method": MCSE_METHOD,
         **thresholds.as_dict(),
     }
     first = ["members", "decision", "reason"]

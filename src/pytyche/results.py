@@ -18,6 +18,7 @@ from .segments import covariate_kind, covariate_names, dtype_kind
 __all__ = [
     "MISSING_OF",
     "MISSING_SUFFIX",
+    "OUTCOME_MODEL",
     "SCHEMA_VERSION",
     "BCFResult",
     "BinaryBCFResult",
@@ -32,6 +33,10 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 VISITOR, DRAW, CHAIN, ARM = "visitor", "draw", "chain", "arm"
+# A doubly robust posterior's (visitor, arm) coordinate: the forests' posterior-mean metric
+# before the correction, the outcome model of off-policy evaluation (which must not see a
+# visitor's own outcome through its prediction).
+OUTCOME_MODEL = "outcome_model"
 # A text variable with missing values is stored with "" in their place plus a boolean
 # companion variable named ``<name>__pytyche_missing`` (attribute MISSING_OF naming the text
 # variable) that is True where the value is missing; a genuine "" stays a value. Every

@@ -19,6 +19,7 @@ from .results import ARM, CHAIN, DRAW, BCFResult, check_posterior
 from .segments import DiscoveredSegment, as_segments, membership
 
 __all__ = [
+    "MCSE_METHOD",
     "Segments",
     "check_members",
     "indicator_ess",
@@ -175,6 +176,13 @@ def check_members(member: xr.DataArray, counts: np.ndarray, valid: np.ndarray | 
                 f"segment {int(segment_id)} ({rule}): a member's posterior draws contain NaN "
                 "or infinity; check the posterior"
             )
+
+
+# How every reported probability's Monte Carlo standard error is computed (indicator_ess).
+MCSE_METHOD = (
+    "sqrt(p (1 - p) / ESS); ESS: autocorrelation-based effective sample size of the event's "
+    "indicator, within and across chains (one chain without a chain dim)"
+)
 
 
 def indicator_ess(

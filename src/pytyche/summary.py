@@ -20,6 +20,7 @@ from ._mcse import (
 from ._validate import check_probability
 from .results import ARM, CHAIN, DRAW, VISITOR, BCFResult
 from .statistics import (
+    MCSE_METHOD,
     Segments,
     indicator_ess,
     posterior_and_membership,
@@ -219,10 +220,7 @@ def segment_summary(
             "ci": ci,
             "n_samples": n_samples,
             "n_chains": n_chains,
-            "mcse_method": (
-                "sqrt(p (1 - p) / ESS); ESS: autocorrelation-based effective sample size of "
-                "the event's indicator, within and across chains (one chain without a chain dim)"
-            ),
+            "mcse_method": MCSE_METHOD,
         },
     ).transpose("segment", ARM)
     if check:

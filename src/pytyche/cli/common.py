@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._validate import check_probability
+from .._validate import check_metric_amount, check_probability
 from ..io import PosteriorReadError, check_write_target, open_posterior
 from ..policy_tree import PolicyTreeResult
 from ..results import BCFResult
@@ -159,6 +159,24 @@ def stability_argument(text: str) -> float:
         return check_probability("min_stability", value, why=" (0 keeps any tree)")
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def amount_argument(text: str) -> float:
+    """An argparse type: an amount in the metric's units, a finite number >= 0.
+
+    Parameters
+    ----------
+    text : str
+        The argument.
+
+    Returns
+    -------
+    float
+    """
+    try:
+        return check_metric_amount("min_practical_effect", float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected an amount >= 0: {error}") from None
 
 
 def share_argument(text: str) -> float:

@@ -21,6 +21,7 @@ from .common import (
     BadInput,
     Parser,
     WorkFailed,
+    amount_argument,
     bounded_int,
     epsilon_argument,
     one_line,
@@ -288,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument(
         "--ci", type=open_interval("ci"), default=0.8, help="mass of the intervals, in (0, 1)"
+    )
+    summary.add_argument(
+        "--min-practical-effect",
+        type=amount_argument,
+        default=None,
+        metavar="AMOUNT",
+        help="smallest lift worth having, in the metric's units (default: 2%% of control's mean)",
     )
 
     # The sequential experiment's commands: pytyche.cli.experiment.

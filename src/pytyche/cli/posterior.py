@@ -381,7 +381,9 @@ def summary_command(args) -> None:
     with pd.option_context("display.width", 250, "display.max_columns", None):
         print(summary_table(summary).to_string(index=False))
         print()
-        print(compute(recommend(result, segments, ci=args.ci)).__str__())
+        effect = args.min_practical_effect
+        decisions = recommend(result, segments, ci=args.ci, min_practical_effect=effect)
+        print(compute(decisions).__str__())
 
 
 def fit_command(args) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import norm
 
-from ..results import BCFResult
+from ..results import OUTCOME_MODEL, BCFResult
 from ..segments import membership
 from .plan import NO_SEGMENT, RoundPlan
 
@@ -108,6 +108,10 @@ def _outcome_model(posterior, logged: xr.Dataset, arms: Sequence[str]) -> np.nda
     """Posterior-mean metric (visitor, arm) of the logged visitors."""
     if isinstance(posterior, xr.DataArray):
         mean = posterior
+    elif isinstance(posterior, BCFResult) and OUTCOME_MODEL in posterior.dataset.coords:
+        # A doubly robust posterior's served arm holds the visitor's own outcome: use the
+        # forests' prediction before the correction, or the estimator would see Y twice.
+        mean = posterior.dataset[OUTCOME_MODEL].compute()
     elif isinstance(posterior, BCFResult):
         metric = posterior.metric()
         mean = metric.mean([d for d in metric.dims if d not in ("visitor", "arm")]).compute()
