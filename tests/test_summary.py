@@ -106,7 +106,7 @@ def reference_mcse(dataset: xr.Dataset, segments) -> dict[str, np.ndarray]:
             for values in out.values():
                 values.append([np.nan] * n_arms)
             continue
-        if not has_chain:  # one series of independent draws
+        if not has_chain:  # the draws are one chain
             means = means.reshape(1, -1, n_arms)
         n_chains, n_draws, _ = means.shape
         best = np.zeros((n_chains, n_draws, n_arms))
@@ -125,8 +125,7 @@ def reference_mcse(dataset: xr.Dataset, segments) -> dict[str, np.ndarray]:
             for arm in range(n_arms):
                 series = indicator[..., arm]
                 p = series.mean()
-                # Without a chain dim, the draws are one chain: its own autocorrelation.
-                ess = reference_ess(series if has_chain else series[None])
+                ess = reference_ess(series)  # (chain, draw); one chain without a chain dim
                 row.append(np.sqrt(p * (1 - p) / ess))
             out[name].append(row)
     return {name: np.array(values, dtype=float) for name, values in out.items()}
@@ -381,8 +380,8 @@ def test_mcse_without_chains_counts_the_one_chains_autocorrelation():
             coords={"arm": ["c", "t"], "variant": ("visitor", ["c"] * 15 + ["t"] * 15)},
         )
         summary = pt.segment_summary(pt.ContinuousBCFResult(ds), {0: "everyone"})
-        p = float(summary["prob_best"].sel(arm="t"))
-        mcse.append(float(summary["prob_best_mcse"].sel(arm="t")))
+        p = float(summary["prob_best"].sel(segment=0, arm="t"))
+        mcse.append(float(summary["prob_best_mcse"].sel(segment=0, arm="t")))
         assert (summary["prob_positive_mcse"].sel(arm="c").values == 0).all()
     # Independent draws: about the binomial error; the same draws repeated: far larger.
     assert mcse[0] == pytest.approx(np.sqrt(p * (1 - p) / 400), rel=0.35)

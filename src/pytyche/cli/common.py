@@ -89,28 +89,39 @@ def bounded_int(low: int, high: int):
     return parse
 
 
-def epsilon_argument(text: str) -> float:
-    """An argparse type: the exploration floor epsilon, in [0, 1].
+def probability_argument(name: str, why: str):
+    """An argparse type: the probability ``name``, in [0, 1].
 
     Parameters
     ----------
-    text : str
-        The argument.
+    name : str
+        The quantity's name, for the message.
+    why : str
+        What the range means, appended to the message.
 
     Returns
     -------
-    float
+    callable
+        Parses the text; raises ``argparse.ArgumentTypeError`` outside [0, 1].
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    try:
-        return check_probability(
-            "epsilon", value, why=" (the floor epsilon / K per arm sums to at most 1)"
-        )
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+        try:
+            return check_probability(name, value, why=why)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+epsilon_argument = probability_argument(
+    "epsilon", " (the floor epsilon / K per arm sums to at most 1)"
+)
+stability_argument = probability_argument("min_stability", " (0 keeps any tree)")
 
 
 def open_interval(name: str):
@@ -137,28 +148,6 @@ def open_interval(name: str):
         return value
 
     return parse
-
-
-def stability_argument(text: str) -> float:
-    """An argparse type: the smallest tree stability ``min_stability``, in [0, 1].
-
-    Parameters
-    ----------
-    text : str
-        The argument.
-
-    Returns
-    -------
-    float
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    try:
-        return check_probability("min_stability", value, why=" (0 keeps any tree)")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def amount_argument(text: str) -> float:
