@@ -158,28 +158,39 @@ def _corrected_result(posterior, served, outcome, chosen, seed, info) -> BCFResu
 
 
 def _lazy(data, served, outcome, chosen, key, which) -> da.Array:
-    """One task per visitor chunk; the sample and arm axes whole in each chunk."""
+    """One task per visitor chunk; the sample and arm axes whole in each chunk.
+
+    The visitor columns travel as dask arrays chunked like the draws, so a task carries its
+    own rows, not every visitor's (a closure over them would ship all of them to every task).
+    """
     first = data[0] if isinstance(data[0], da.Array) else da.from_array(data[0])
-    whole = {axis: -1 for axis in range(1, first.ndim)}
-    first = first.rechunk(whole)
+    first = first.rechunk({axis: -1 for axis in range(1, first.ndim)})
     arrays = [first]
     if len(data) == 2:
-        arrays.append(da.asarray(data[1]).rechunk((first.chunks[0], *first.chunks[1:])))
-
-    def block(*blocks, block_info=None):
-        lo, hi = block_info[0]["array-location"][0]
-        return corrected_block(
-            blocks,
-            served[lo:hi],
-            outcome[lo:hi],
-            chosen[lo:hi],
-            key=key,
-            first_row=lo,
-            which=which,
-        )
-
+        arrays.append(da.asarray(data[1]).rechunk(first.chunks))
+    ones = (1,) * (first.ndim - 1)
+    columns = [
+        da.from_array(column.reshape(-1, *ones), chunks=(first.chunks[0], *ones))
+        for column in (served, outcome, chosen)
+    ]
     dtype = np.result_type(arrays[-1 if which == HURDLE_VALUE else 0].dtype, np.float32)
-    return da.map_blocks(block, *arrays, dtype=dtype, token="pytyche-aipw")
+    return da.map_blocks(
+        _corrected_chunk, *arrays, *columns, key=key, which=which, dtype=dtype, token="pytyche-aipw"
+    )
+
+
+def _corrected_chunk(*blocks, key: int, which: int, block_info=None) -> np.ndarray:
+    """``corrected_block`` of one visitor chunk: the factors, then served, outcome, propensity."""
+    *factors, served, outcome, chosen = blocks
+    return corrected_block(
+        tuple(factors),
+        served.ravel(),
+        outcome.ravel(),
+        chosen.ravel(),
+        key=key,
+        first_row=block_info[0]["array-location"][0][0],
+        which=which,
+    )
 
 
 def _check_family_outcome(family: str, outcome: np.ndarray) -> None:
