@@ -774,9 +774,12 @@ def main() -> None:
         json.dumps({"meta": meta, **tables}, indent=1)
     )
     chains = f", {meta['chains']} chains" if meta.get("chains", 1) > 1 else ""
+    email = sum(rec.get("scenario") == "email" for rec in records)
+    extra = f" + {email} e-mail experiments ({meta['email_visitors']:,} visitors)" if email else ""
     title = (
-        f"{len(records)} simulated experiments (binary/continuous/hurdle × K=2,3, planted "
-        f"segments), {meta['visitors']:,} visitors, {meta['draws']} draws{chains} each"
+        f"After the doubly robust correction: {len(records) - email} simulated experiments "
+        f"(binary/continuous/hurdle × K=2,3, {meta['visitors']:,} visitors){extra}, "
+        f"{meta['draws']} draws{chains} each"
     )
     after = tables["after"]
     plot(after["reliability"], after["coverage"], args.out / "calibration_reliability.png", title)
