@@ -174,9 +174,7 @@ def _lazy(data, served, outcome, chosen, key, which) -> da.Array:
         for column in (served, outcome, chosen)
     ]
     dtype = np.result_type(arrays[-1 if which == HURDLE_VALUE else 0].dtype, np.float32)
-    return da.map_blocks(
-        _corrected_chunk, *arrays, *columns, key=key, which=which, dtype=dtype, token="pytyche-aipw"
-    )
+    return da.map_blocks(_corrected_chunk, *arrays, *columns, key=key, which=which, dtype=dtype)
 
 
 def _corrected_chunk(*blocks, key: int, which: int, block_info=None) -> np.ndarray:
