@@ -490,6 +490,32 @@ def test_sampled_fit_is_lazy_and_streams_chunk_by_chunk(monkeypatch, tmp_path):
     assert (stored >= 0).all() and (stored <= 1).all()
 
 
+def test_corrected_sampled_fit_still_predicts_each_chunk_once(monkeypatch, tmp_path):
+    """The doubly robust draws and the forests' mean are computed from one prediction."""
+    import stochtree
+
+    calls = []
+    predict = stochtree.BCFModel.predict
+
+    def recording(self, X, Z, **kwargs):
+        calls.append(X.shape[0])
+        return predict(self, X, Z, **kwargs)
+
+    monkeypatch.setattr(stochtree.BCFModel, "predict", recording)
+    observed, _ = pt.simulate_experiment(1_000, family="binary", seed=6)
+    chunk_bytes = 250 * 12 * 3 * 4
+    with counting_scheduler(0):
+        result = pt.fit_binary_bcf(
+            observed, max_train_visitors=300, chunk_bytes=chunk_bytes, seed=1, **TINY
+        )
+    assert result.correction["method"] == "doubly_robust" and calls == []
+    result.to_zarr(tmp_path / "posterior.zarr")
+    assert sum(calls) == 1_000  # every visitor predicted once, for both
+    reopened = pt.open_posterior(tmp_path / "posterior.zarr")
+    model = reopened.dataset["outcome_model"].values
+    assert (model >= 0).all() and (model <= 1).all()  # the forests' own, bounded
+
+
 def test_training_sample_is_stratified_and_reproducible():
     observed, _ = pt.simulate_experiment(3_000, family="hurdle", seed=7)
     converted = observed["outcome"].values > 0
