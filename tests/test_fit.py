@@ -451,7 +451,9 @@ def test_sampled_fit_predicts_its_training_visitors_as_stochtree_did(stochtree_r
     assert np.isfinite(conversion).all() and np.isfinite(result.dataset["value"].values).all()
 
 
-def test_sampled_fit_is_lazy_and_streams_chunk_by_chunk(monkeypatch, tmp_path):
+@pytest.fixture
+def predictions(monkeypatch):
+    """The visitor count of every stochtree prediction call, in order."""
     import stochtree
 
     calls = []
@@ -462,6 +464,11 @@ def test_sampled_fit_is_lazy_and_streams_chunk_by_chunk(monkeypatch, tmp_path):
         return predict(self, X, Z, **kwargs)
 
     monkeypatch.setattr(stochtree.BCFModel, "predict", recording)
+    return calls
+
+
+def test_sampled_fit_is_lazy_and_streams_chunk_by_chunk(predictions, tmp_path):
+    calls = predictions
     observed, _ = pt.simulate_experiment(1_000, family="binary", seed=6)
     chunk_bytes = 250 * 12 * 3 * 4
     # Per-task temporaries stay small: each predict call covers one block of a chunk.
@@ -490,18 +497,9 @@ def test_sampled_fit_is_lazy_and_streams_chunk_by_chunk(monkeypatch, tmp_path):
     assert (stored >= 0).all() and (stored <= 1).all()
 
 
-def test_corrected_sampled_fit_still_predicts_each_chunk_once(monkeypatch, tmp_path):
+def test_corrected_sampled_fit_still_predicts_each_chunk_once(predictions, tmp_path):
     """The doubly robust draws and the forests' mean are computed from one prediction."""
-    import stochtree
-
-    calls = []
-    predict = stochtree.BCFModel.predict
-
-    def recording(self, X, Z, **kwargs):
-        calls.append(X.shape[0])
-        return predict(self, X, Z, **kwargs)
-
-    monkeypatch.setattr(stochtree.BCFModel, "predict", recording)
+    calls = predictions
     observed, _ = pt.simulate_experiment(1_000, family="binary", seed=6)
     chunk_bytes = 250 * 12 * 3 * 4
     with counting_scheduler(0):

@@ -697,9 +697,9 @@ class SequentialExperiment:
         # Its Monte Carlo standard error, as pt.segment_summary's prob_best_mcse: the win
         # indicator's ESS from its autocorrelation (one chain without a chain dim).
         won = winner[..., None] == np.arange(len(active))  # (segment, sample, arm)
-        won = won.reshape(len(winner), *chain_draw, len(active))
-        won = won.transpose(0, -1, *range(1, 1 + len(chain_draw)))
-        ess = effective_sample_size(won if chained else won[:, :, None, :])  # (segment, arm)
+        chains = chain_draw if chained else (1, *chain_draw)
+        won = won.reshape(len(winner), *chains, len(active)).transpose(0, 3, 1, 2)
+        ess = effective_sample_size(won)  # (segment, arm)
         prob_best_mcse = probability_mcse(prob_best, ess)
         loss = (values.max(axis=2, keepdims=True) - values).mean(axis=1)
         best_mean = values.mean(axis=1).max(axis=1)
