@@ -286,7 +286,7 @@ def test_summary_takes_the_min_practical_effect(store, segments_file, capsys):
     assert "min practical effect 0.25)" in capsys.readouterr().out
     code, err = run([*argv, "--min-practical-effect", "-1"], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert "--min-practical-effect: expected an amount >= 0" in err
+    assert "--min-practical-effect: min_practical_effect must be a finite number >= 0" in err
 
 
 @pytest.fixture

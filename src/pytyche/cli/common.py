@@ -89,8 +89,37 @@ def bounded_int(low: int, high: int):
     return parse
 
 
+def number_argument(check: Callable[[float], float], expected: str):
+    """An argparse type: a number, checked by one of pytyche's argument checkers.
+
+    Parameters
+    ----------
+    check : callable
+        Returns the checked value, or raises ValueError naming what is wrong.
+    expected : str
+        What the argument should be, for text that is not a number.
+
+    Returns
+    -------
+    callable
+        Parses the text; raises ``argparse.ArgumentTypeError`` with the checker's message.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        try:
+            return check(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 def probability_argument(name: str, why: str):
-    """An argparse type: the probability ``name``, in [0, 1].
+    """An argparse type: the probability ``name``, in [0, 1]; ``why`` says what the range means.
 
     Parameters
     ----------
@@ -102,26 +131,19 @@ def probability_argument(name: str, why: str):
     Returns
     -------
     callable
-        Parses the text; raises ``argparse.ArgumentTypeError`` outside [0, 1].
     """
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-        try:
-            return check_probability(name, value, why=why)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
+    return number_argument(
+        lambda value: check_probability(name, value, why=why), "a number in [0, 1]"
+    )
 
 
 epsilon_argument = probability_argument(
     "epsilon", " (the floor epsilon / K per arm sums to at most 1)"
 )
 stability_argument = probability_argument("min_stability", " (0 keeps any tree)")
+amount_argument = number_argument(
+    lambda value: check_metric_amount("min_practical_effect", value), "an amount >= 0"
+)
 
 
 def open_interval(name: str):
@@ -148,24 +170,6 @@ def open_interval(name: str):
         return value
 
     return parse
-
-
-def amount_argument(text: str) -> float:
-    """An argparse type: an amount in the metric's units, a finite number >= 0.
-
-    Parameters
-    ----------
-    text : str
-        The argument.
-
-    Returns
-    -------
-    float
-    """
-    try:
-        return check_metric_amount("min_practical_effect", float(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected an amount >= 0: {error}") from None
 
 
 def share_argument(text: str) -> float:
