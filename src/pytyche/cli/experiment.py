@@ -607,37 +607,55 @@ def srm_document(check) -> dict[str, Any]:
     -------
     dict
         ``threshold``, ``min_expected``, ``flagged`` (any round or the pooled table),
-        ``rounds`` (per round ``round``, ``statistic``, ``dof``, ``p_value``, ``flagged`` and
-        ``counts``: ``{cell: {arm: {"observed": n, "expected": x}}}``) and ``pooled``.
+        ``rounds`` and ``pooled``. Per round: ``round``; the test per (segment, cell, arm)
+        that flags it, ``statistic``, ``dof``, ``p_value``, ``flagged``; ``cell_arm``, the
+        same four for the segments pooled into one (cell, arm) table (reported, never
+        flagging); ``counts``: ``{cell: {arm: {"observed": n, "expected": x}}}`` summed over
+        segments, and ``counts_by_segment``: ``{segment id: counts}`` when the check has
+        segments (only the segments the round recorded visitors in).
     """
 
     def number(value) -> float | None:
         value = float(value)
         return None if math.isnan(value) else value
 
-    rounds = []
-    for r in check["round"].values:
-        row = check.sel(round=r)
-        counts = {
+    def counts(observed: Any, expected: Any) -> dict:
+        return {
             str(cell): {
                 str(arm): {
-                    "observed": int(row["observed"].sel(cell=cell, arm=arm)),
-                    "expected": float(row["expected"].sel(cell=cell, arm=arm)),
+                    "observed": int(observed.sel(cell=cell, arm=arm)),
+                    "expected": float(expected.sel(cell=cell, arm=arm)),
                 }
                 for arm in check["arm"].values
             }
             for cell in check["cell"].values
         }
-        rounds.append(
-            {
-                "round": int(r),
-                "statistic": number(row["statistic"]),
-                "dof": int(row["dof"]),
-                "p_value": number(row["p_value"]),
-                "flagged": bool(row["flagged"]),
-                "counts": counts,
+
+    def test(row: Any, prefix: str = "") -> dict[str, Any]:
+        return {
+            "statistic": number(row[f"{prefix}statistic"]),
+            "dof": int(row[f"{prefix}dof"]),
+            "p_value": number(row[f"{prefix}p_value"]),
+            "flagged": bool(row[f"{prefix}flagged"]),
+        }
+
+    rounds = []
+    for r in check["round"].values:
+        row = check.sel(round=r)
+        entry = {"round": int(r), **test(row)}
+        if "cell_arm_p_value" in check:
+            entry["cell_arm"] = test(row, "cell_arm_")
+        entry["counts"] = counts(row["observed"], row["expected"])
+        if "observed_by_segment" in check:
+            entry["counts_by_segment"] = {
+                str(s): counts(
+                    row["observed_by_segment"].sel(segment=s),
+                    row["expected_by_segment"].sel(segment=s),
+                )
+                for s in check["segment"].values
+                if row["observed_by_segment"].sel(segment=s).sum() > 0
             }
-        )
+        rounds.append(entry)
     pooled = {
         "statistic": number(check["pooled_statistic"]),
         "dof": int(check["pooled_dof"]),
@@ -654,7 +672,7 @@ def srm_document(check) -> dict[str, Any]:
 
 
 def srm_command(args) -> int:
-    """``pytyche srm``: recorded against planned counts per (round, cell, arm), chi-square.
+    """``pytyche srm``: recorded against planned counts per (round, segment, cell, arm).
 
     Parameters
     ----------
@@ -682,18 +700,21 @@ def srm_command(args) -> int:
     document = srm_document(check)
     rows = []
     for r in document["rounds"]:
-        for cell, arms in r["counts"].items():
-            for arm, count in arms.items():
-                if count["observed"] or count["expected"]:
-                    rows.append(
-                        {
-                            "round": r["round"],
-                            "cell": cell,
-                            "arm": arm,
-                            "recorded": count["observed"],
-                            "expected": f"{count['expected']:.1f}",
-                        }
-                    )
+        by_segment = r.get("counts_by_segment", {"all": r["counts"]})
+        for segment, table in by_segment.items():
+            for cell, arms in table.items():
+                for arm, count in arms.items():
+                    if count["observed"] or count["expected"]:
+                        rows.append(
+                            {
+                                "round": r["round"],
+                                "segment": segment,
+                                "cell": cell,
+                                "arm": arm,
+                                "recorded": count["observed"],
+                                "expected": f"{count['expected']:.1f}",
+                            }
+                        )
     print(
         f"Sample ratio check (chi-square of recorded against planned counts; flagged below "
         f"p = {document['threshold']:g}; cells expected below {document['min_expected']:g} "
@@ -705,9 +726,17 @@ def srm_command(args) -> int:
         p = "-" if r["p_value"] is None else f"{r['p_value']:.3g}"
         flag = "FLAGGED" if r["flagged"] else "ok"
         print(
-            f"round {r['round']}: chi-square {r['statistic']:.2f} on {r['dof']} dof, "
-            f"p = {p} ({flag})"
+            f"round {r['round']}: chi-square {r['statistic']:.2f} on {r['dof']} dof per "
+            f"(segment, cell, arm), p = {p} ({flag})"
         )
+        pooled_cells = r.get("cell_arm")
+        if pooled_cells is not None:
+            p = "-" if pooled_cells["p_value"] is None else f"{pooled_cells['p_value']:.3g}"
+            print(
+                f"  segments pooled per (cell, arm): chi-square {pooled_cells['statistic']:.2f} "
+                f"on {pooled_cells['dof']} dof, p = {p} (reported only: conservative when "
+                "segments have different weights)"
+            )
     pooled = document["pooled"]
     p = "-" if pooled["p_value"] is None else f"{pooled['p_value']:.3g}"
     print(

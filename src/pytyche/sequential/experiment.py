@@ -35,7 +35,7 @@ from .plan import (
     exploration_floor,
     round_size,
 )
-from .srm import SampleRatioMismatchWarning, srm_test
+from .srm import SampleRatioMismatchWarning, assignment_counts, srm_test
 
 __all__ = [
     "LOG_COORDS",
@@ -445,10 +445,12 @@ class SequentialExperiment:
     # -- SRM --------------------------------------------------------------------------------
 
     def srm(self, threshold: float = 0.001) -> xr.Dataset:
-        """Sample ratio mismatch: recorded vs planned counts per (round, cell, arm).
+        """Sample ratio mismatch: recorded vs planned counts per (round, segment, cell, arm).
 
-        A round's expected count of (cell, arm) is the sum over its recorded visitors of the
-        cell's weight times the arm's probability in that cell for the visitor's segment.
+        A round's expected count of (segment, cell, arm) is the segment's recorded visitors
+        times the cell's weight times the arm's probability in that cell for that segment;
+        a round is flagged by one chi-square over all its (segment, cell, arm) counts. The
+        segments pooled into one (cell, arm) table are tested beside it (``cell_arm_*``).
 
         Parameters
         ----------
@@ -458,7 +460,9 @@ class SequentialExperiment:
         Returns
         -------
         xarray.Dataset
-            As :func:`~pytyche.sequential.srm_test`, over the rounds with recorded visitors.
+            As :func:`~pytyche.sequential.srm_test` with counts by segment, over the rounds
+            with recorded visitors; ``segment`` holds every round's segment ids (a round's
+            ids are its plan's; -1 is "no segment").
 
         Raises
         ------
@@ -472,21 +476,32 @@ class SequentialExperiment:
         return srm_test(observed, expected, threshold)
 
     def _srm_tables(self, rounds: Sequence[int]) -> tuple[xr.DataArray, xr.DataArray]:
-        shape = (len(rounds), len(CELLS), len(self.arms))
-        observed = np.zeros(shape)
+        """Recorded and expected visitors per (round, segment, cell, arm)."""
+        segments = sorted({s for r in rounds for s in self._plans[r].segment_ids})
+        shape = (len(rounds), len(segments), len(CELLS), len(self.arms))
+        observed = np.zeros(shape, dtype=np.int64)
         expected = np.zeros(shape)
         for i, r in enumerate(rounds):
             data, plan = self._data[r], self._plans[r]
             assert data is not None  # srm passes only the rounds with recorded visitors
-            cell = pd.Categorical(data["cell"].values.astype(str), categories=CELLS).codes
-            arm = pd.Categorical(data["variant"].values.astype(str), categories=self.arms).codes
-            np.add.at(observed[i], (cell, arm), 1.0)
-            ids, counts = np.unique(data["segment"].values, return_counts=True)
+            ids = plan.segment_ids
+            counts = assignment_counts(
+                data["segment"].data, data["cell"].data, data["variant"].data,
+                ids, CELLS, self.arms,
+            )  # fmt: skip
+            visitors = counts.sum(axis=(1, 2))  # per segment, fixed by the data
+            rows = [segments.index(s) for s in ids]
+            observed[i, rows] = counts
             for k, name in enumerate(CELLS):
                 table = plan.cell_probability(name).sel(segment=ids).values  # (segment, arm)
-                expected[i, k] = plan.cells[name] * (counts[:, None] * table).sum(axis=0)
-        coords = {"round": list(rounds), "cell": list(CELLS), "arm": list(self.arms)}
-        dims = ("round", "cell", "arm")
+                expected[i, rows, k] = plan.cells[name] * visitors[:, None] * table
+        coords = {
+            "round": list(rounds),
+            "segment": segments,
+            "cell": list(CELLS),
+            "arm": list(self.arms),
+        }
+        dims = ("round", "segment", "cell", "arm")
         return (
             xr.DataArray(observed, dims=dims, coords=coords, name="observed"),
             xr.DataArray(expected, dims=dims, coords=coords, name="expected"),
