@@ -75,7 +75,7 @@ from .results import (
     HurdleBCFResult,
     posterior_dataset,
 )
-from .setup_check import MIN_CONVERTERS, MIN_VISITORS_PER_ARM, check_setup
+from .setup_check import MIN_CONVERTERS, MIN_VISITORS_PER_ARM, check_setup, fixed_value
 
 __all__ = ["fit", "fit_binary_bcf", "fit_continuous_bcf", "fit_hurdle_bcf"]
 
@@ -407,7 +407,9 @@ def fit_hurdle_bcf(
     from a Gaussian BCF of ``log(outcome)`` on the converters, ``value[k] = exp(m_k(x) +
     σ²/2)`` per draw, with σ² that draw's residual variance (the log-normal mean). The value
     part compares converters, who differ between arms when conversion does, so it is not a
-    causal effect on its own: only ``conversion * value`` is used for decisions.
+    causal effect on its own: only ``conversion * value`` is used for decisions. When every
+    converter has the same outcome (a fixed price), no value model is fitted: ``value`` is
+    that constant for every visitor, draw and arm (``pytyche.check_setup`` notes it).
 
     Parameters
     ----------
@@ -467,7 +469,8 @@ def fit_hurdle_bcf(
         ``conversion`` and ``value``, float32 (visitor, [chain,] draw, arm), dask-chunked
         along visitor; the observed data attached as visitor coordinates. The
         ``pytyche_fit`` attribute (JSON) records every option, ``train_visitors`` (the
-        conversion model's training visitors) and ``train_converters`` (the value model's).
+        conversion model's training visitors) and ``train_converters`` (the value model's;
+        0 with a fixed price, recorded as ``constant_value``).
 
     Raises
     ------
@@ -506,7 +509,14 @@ def fit_hurdle_bcf(
     )
     conversion: np.ndarray | da.Array  # eager draws, or predicted lazily per visitor chunk
     value: np.ndarray | da.Array
-    if rows is None:
+    price = fixed_value(outcome)
+    if price is not None:
+        # Every converter paid the same: log(outcome) is constant, which no forest can fit
+        # (stochtree fails on a zero-variance outcome); the value model is that constant.
+        conversion, trained = _conversion_only(setup, converted, rows, conversion_label)
+        value = setup.constant_posterior(price)
+        trained |= {"train_converters": 0, "constant_value": price}
+    elif rows is None:
         mu, tau, _ = setup.sample(
             conversion_label, converted.astype(np.float64), stage=1, probit=True
         )
@@ -528,6 +538,16 @@ def fit_hurdle_bcf(
         value = setup.lazy_posterior(forests, np.exp, half_variance=True)
         trained = {"train_visitors": rows.size, "train_converters": value_rows.size}
     return setup.result(HurdleBCFResult, {"conversion": conversion, "value": value}, trained)
+
+
+def _conversion_only(setup, converted, rows, label) -> tuple[np.ndarray | da.Array, dict]:
+    """The conversion model of a hurdle fit, alone: eager on every visitor or lazy."""
+    if rows is None:
+        mu, tau, _ = setup.sample(label, converted.astype(np.float64), stage=1, probit=True)
+        return _per_arm(mu, tau, ndtr), {"train_visitors": converted.size}
+    y = converted[rows].astype(np.float64)
+    forests = setup.forests(label, y, rows, stage=1, probit=True)
+    return setup.lazy_posterior(forests, ndtr), {"train_visitors": rows.size}
 
 
 # --------------------------------------------------------------------------- implementation
@@ -570,9 +590,7 @@ def _options(arguments: dict) -> dict:
                 "write for a single draw: pass n_draws >= 2 (or n_chains >= 2)"
             )
     if options["correction"] not in (METHOD, None):
-        raise ValueError(
-            f"correction must be {METHOD!r} or None, got {options['correction']!r}"
-        )
+        raise ValueError(f"correction must be {METHOD!r} or None, got {options['correction']!r}")
     if options["num_threads"] == 0:
         raise ValueError(
             f"num_threads must be -1 (all cores) or >= 1, got {options['num_threads']}"
@@ -756,6 +774,12 @@ class _Setup:
             pieces.append(da.from_delayed(task, (hi - lo, *shape[1:]), dtype=np.float32, meta=meta))
         return da.concatenate(pieces, axis=0)
 
+    def constant_posterior(self, value: float) -> da.Array:
+        """(visitor, [chain,] draw, arm) float32 dask array holding ``value`` everywhere."""
+        _, shape = self.layout()
+        chunk = visitor_chunk(shape, np.dtype(np.float32).itemsize, self.options["chunk_bytes"])
+        return da.full(shape, value, dtype=np.float32, chunks=(chunk, *shape[1:]))
+
     @property
     def propensity_is_constant(self) -> bool:
         return bool((self.propensity == self.propensity[:1]).all())
@@ -769,7 +793,7 @@ class _Setup:
             return (VISITOR, CHAIN, DRAW, ARM), (n, n_chains, n_draws, k)
         return (VISITOR, DRAW, ARM), (n, n_draws, k)
 
-    def result(self, cls, variables: dict, trained: dict[str, int]):
+    def result(self, cls, variables: dict, trained: dict[str, float]):
         o = self.options
         dims, shape = self.layout()
         chunk = visitor_chunk(shape, np.dtype(np.float32).itemsize, o["chunk_bytes"])

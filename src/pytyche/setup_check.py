@@ -28,6 +28,7 @@ __all__ = [
     "SetupReport",
     "check_setup",
     "converters_needed",
+    "fixed_value",
     "practical_effect",
 ]
 
@@ -62,6 +63,9 @@ class SetupReport:
         What makes a fit fail or meaningless; :func:`pytyche.fit` raises on any.
     warnings : list of str
         What deserves a look but does not stop a fit.
+    notes : list of str
+        What the fit will do differently because of the data, fine as it is (e.g. a
+        hurdle outcome whose converters all have the same value: a fixed price).
     family : str or None
         The family checked for, or None (family-specific checks skipped).
     arms : list of str
@@ -86,6 +90,7 @@ class SetupReport:
 
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     family: str | None = None
     arms: list[str] = field(default_factory=list)
     visitors: dict[str, int] = field(default_factory=dict)
@@ -149,6 +154,7 @@ class SetupReport:
             lines.append(f"  missing values: {shares}")
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -191,6 +197,8 @@ def _report_html(report: SetupReport) -> str:
         _html.bullets(report.problems),
         _html.paragraph("Warnings:") if report.warnings else "",
         _html.bullets(report.warnings),
+        _html.paragraph("Notes:") if report.notes else "",
+        _html.bullets(report.notes),
     )
 
 
@@ -210,6 +218,9 @@ def check_setup(
     outcome other than 0/1, or the same outcome for everyone; continuous — a constant
     outcome; hurdle — a negative outcome, every outcome positive, or an arm with fewer than
     10 converters (:data:`MIN_CONVERTERS`).
+
+    Notes (fine, but the fit adapts): hurdle — every converter has the same outcome (a fixed
+    price), so the value model is that constant (:func:`fixed_value`).
 
     Warnings: a binary arm with no conversions or only conversions; a covariate missing for
     more than half the visitors, or for all; a covariate with a single value (nothing to split
@@ -298,6 +309,33 @@ def check_setup(
     if outcome is not None and codes is not None:
         _check_sample_size(report, outcome, codes)
     return report
+
+
+def fixed_value(outcome: np.ndarray) -> float | None:
+    """The one value every positive outcome has (a fixed price), or None.
+
+    Parameters
+    ----------
+    outcome : numpy.ndarray
+        The outcome of every visitor.
+
+    Returns
+    -------
+    float or None
+        The converters' common outcome when there is at least one converter (outcome > 0)
+        and all of them have exactly that outcome; None otherwise.
+
+    Examples
+    --------
+    >>> fixed_value(np.array([0.0, 9.99, 0.0, 9.99]))
+    9.99
+    >>> fixed_value(np.array([0.0, 9.99, 5.0])) is None
+    True
+    """
+    positive = outcome[outcome > 0]
+    if positive.size == 0 or positive.min() != positive.max():
+        return None
+    return float(positive[0])
 
 
 def converters_needed(family: str | None) -> int:
@@ -456,6 +494,13 @@ def _check_outcome(report, observed, names, codes):
             report.problems.append(
                 "every visitor has a positive outcome: there is no hurdle to model; fit the "
                 "continuous family"
+            )
+        fixed = fixed_value(outcome)
+        if fixed is not None:
+            report.notes.append(
+                f"every converter's outcome is {fixed:g} (a fixed price): the hurdle fit's "
+                f"value is that constant, so its metric is conversion × {fixed:g} and only "
+                "conversion is modelled"
             )
     if family in ("binary", "hurdle") and codes is not None:
         converted = np.bincount(codes, weights=outcome > 0, minlength=len(report.arms))
