@@ -740,7 +740,7 @@ def srm_command(args) -> int:
     pooled = document["pooled"]
     p = "-" if pooled["p_value"] is None else f"{pooled['p_value']:.3g}"
     print(
-        f"pooled: chi-square {pooled['statistic']:.2f} on {pooled['dof']} dof, p = {p} "
+        f"all rounds pooled: chi-square {pooled['statistic']:.2f} on {pooled['dof']} dof, p = {p} "
         f"({'FLAGGED' if pooled['flagged'] else 'ok'})"
     )
     if args.out is not None:
