@@ -317,6 +317,8 @@ def test_hurdle_burn_in_waits_for_the_converters_the_fit_needs():
 
 def test_a_fit_refused_by_the_setup_check_points_at_fit_data():
     exp = experiment(family="binary", min_visitors_per_arm=1)
-    exp.record(logged_observed(serve(exp.plan())))  # a normal outcome: not 0/1
+    out = serve(exp.plan())
+    out["outcome"] = 0.0  # valid 0/1 values, but nobody converted: nothing a binary fit can do
+    exp.record(logged_observed(out))
     with pytest.raises(ValueError, match=r"check_setup\(exp\.fit_data\(\)\[0\], family='binary'\)"):
         exp.advance()
