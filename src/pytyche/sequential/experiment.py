@@ -355,8 +355,8 @@ class SequentialExperiment:
             )
         keys = _observed_keys(observed)
         logged = self._logged_rows(plan, keys)
-        arm = np.asarray(observed["variant"].values).astype(str)
-        want_arm = logged["arm"].to_numpy().astype(str)
+        arm = _text(observed["variant"].values)
+        want_arm = _text(logged["arm"].to_numpy())
         _refuse(arm != want_arm, keys, "were served another arm", got=arm, want=want_arm)
         propensity = np.asarray(observed["propensity"].values, dtype=np.float64)
         want = logged["propensity"].to_numpy(dtype=np.float64)
@@ -368,14 +368,14 @@ class SequentialExperiment:
             want=want,
         )
         checks = {
-            "cell": logged["cell"].to_numpy().astype(str),
+            "cell": _text(logged["cell"].to_numpy()),
             "segment": logged["segment"].to_numpy(),
             "round": np.full(keys.size, plan.round),
         }
         for name, expected in checks.items():
             if name in observed.variables:
                 values = np.asarray(observed[name].values)
-                values = values.astype(str) if name == "cell" else values.astype(np.int64)
+                values = _text(values) if name == "cell" else values.astype(np.int64)
                 _refuse(
                     values != expected,
                     keys,
@@ -385,10 +385,10 @@ class SequentialExperiment:
                 )
         coords = {
             "visitor": ("visitor", keys),
-            "variant": ("visitor", arm.astype(object)),
+            "variant": ("visitor", arm),
             "outcome": ("visitor", self._checked_outcome(observed, keys)),
             "propensity": ("visitor", want),
-            "cell": ("visitor", checks["cell"].astype(object)),
+            "cell": ("visitor", checks["cell"]),
             "round": ("visitor", checks["round"].astype(np.int64)),
             "segment": ("visitor", checks["segment"].astype(np.int64)),
             **self._checked_covariates(observed, keys),
@@ -1210,6 +1210,14 @@ def _refuse_values(bad, keys, column, problem, values, fix) -> None:
     )
 
 
+def _text(values: Any) -> np.ndarray:
+    """Labels as an object array of str (no copy when they already are: the common case)."""
+    values = np.asarray(values)
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values
+    return values.astype(str).astype(object)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -1289,7 +1297,8 @@ def logged_observed(assigned: pd.DataFrame, outcome: str = "outcome") -> xr.Data
     xarray.Dataset
         :func:`pytyche.observed_data` of the table split by ``arm`` (arms in order of first
         appearance), with ``visitor_id`` as the index and ``propensity``, ``cell``,
-        ``round``, ``segment`` kept as coordinates.
+        ``round``, ``segment`` kept as coordinates. A table whose visitors were all served
+        one arm (a single visitor, the control holdout) gives data of that one arm.
 
     Raises
     ------
@@ -1300,4 +1309,26 @@ def logged_observed(assigned: pd.DataFrame, outcome: str = "outcome") -> xr.Data
         raise ValueError("assigned needs the 'arm' column that RoundPlan.assign adds")
     arms = list(pd.unique(assigned["arm"]))
     frames = [(str(a), assigned[assigned["arm"] == a].drop(columns="arm")) for a in arms]
-    return observed_data(frames, outcome=outcome)
+    if len(frames) != 1:
+        return observed_data(frames, outcome=outcome)
+    # A batch served one arm (one visitor, the control holdout): observed_data wants two
+    # arms, so a stand-in row under another name is stacked after it and cut off again.
+    (arm, frame), n = frames[0], len(frames[0][1])
+    stand_in = frame.iloc[:1].copy()
+    if "visitor_id" in frame.columns:
+        stand_in["visitor_id"] = _unused_id(frame["visitor_id"])
+    observed = observed_data([(arm, frame), (f"{arm} (stand-in)", stand_in)], outcome=outcome)
+    observed = observed.isel(visitor=slice(0, n))
+    observed.attrs["pytyche_arms"] = [arm]
+    return observed
+
+
+def _unused_id(ids: pd.Series) -> Any:
+    """An id of the same kind as ``ids`` (number or text) that none of them has."""
+    if pd.api.types.is_numeric_dtype(ids) and not pd.api.types.is_bool_dtype(ids):
+        return ids.max() + 1
+    taken = set(ids.astype(str))
+    candidate = "pytyche-stand-in"
+    while candidate in taken:
+        candidate += "_"
+    return candidate

@@ -547,10 +547,12 @@ class RoundPlan:
         # The log wins: visitors assigned before (or earlier in this batch) keep that row.
         first = ~pd.Index(keys).duplicated(keep="first")
         known = pd.Index(self.assigned["visitor_id"])
-        new = first & (known.get_indexer(keys) < 0)
+        new = first & (known.get_indexer(keys) < 0) if len(known) else first
         if new.any():
             self.assigned = pd.concat([self.assigned, batch[new]], ignore_index=True)
-        log = self.assigned.iloc[pd.Index(self.assigned["visitor_id"]).get_indexer(keys)]
+        log = batch  # every row new (the common case): its own row is the logged one
+        if not new.all():
+            log = self.assigned.iloc[pd.Index(self.assigned["visitor_id"]).get_indexer(keys)]
         out = visitors.copy()
         out["round"] = self.round
         for name in ("cell", "segment", "arm", "propensity"):
