@@ -242,5 +242,5 @@ def test_an_id_repeated_in_one_batch_gets_the_row_of_its_first_occurrence():
 
 def test_a_finished_plan_assigns_nobody():
     plan = RoundPlan.from_dict({**make_plan().to_dict(), "status": "finished", "size": 0})
-    with pytest.raises(ValueError, match="finished.*assigns nobody"):
+    with pytest.raises(ValueError, match=r"finished.*assigns nobody"):
         plan.assign(visitors(3))

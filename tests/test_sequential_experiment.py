@@ -502,9 +502,9 @@ def test_an_explicit_schedule_ends_with_a_final_plan(monkeypatch):
     assert final.status == "finished" and final.size == 0 and exp.finished
     assert exp.history["fitted_visitors"].values[-1] == 800 and final.prob_best
     assert "finished" in str(final)
-    with pytest.raises(ValueError, match="finished.*assigns nobody"):
+    with pytest.raises(ValueError, match=r"finished.*assigns nobody"):
         final.assign(visitors(5, 2))
-    with pytest.raises(ValueError, match="finished.*nothing can be recorded"):
+    with pytest.raises(ValueError, match=r"finished.*nothing can be recorded"):
         exp.record(logged_observed(serve(exp.plans[1])))
     with pytest.raises(ValueError, match="the experiment is finished"):
         exp.advance()

@@ -132,7 +132,7 @@ def check_fit_options(options: Any) -> dict[str, Any]:
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, Integral) or not low <= int(value) <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     return int(value)
 
@@ -217,13 +217,13 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
             f"family must be 'hurdle', 'binary', 'continuous' or 'auto', got {family!r}"
         )
     share = config["min_segment_share"]
-    if isinstance(share, bool) or not isinstance(share, Real) or not 0.0 < share <= 0.5:
+    if isinstance(share, bool) or not isinstance(share, Real) or not 0.0 < float(share) <= 0.5:
         raise ValueError(f"min_segment_share must be in (0, 0.5], got {share!r}")
     visitors = config["min_visitors_per_arm"]
     if isinstance(visitors, bool) or not isinstance(visitors, Integral) or visitors < 0:
         raise ValueError(f"min_visitors_per_arm must be a non-negative integer, got {visitors!r}")
     loss = config["graduation_loss"]
-    if isinstance(loss, bool) or not isinstance(loss, Real) or not 0.0 <= loss < math.inf:
+    if isinstance(loss, bool) or not isinstance(loss, Real) or not 0.0 <= float(loss) < math.inf:
         raise ValueError(
             f"graduation_loss must be a finite non-negative number (a fraction of the "
             f"segment's best mean metric, such as 0.01), got {loss!r}"

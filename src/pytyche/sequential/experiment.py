@@ -603,7 +603,7 @@ class SequentialExperiment:
     def _check_round(self, round: Any) -> int:
         if isinstance(round, bool) or not isinstance(round, Integral):
             raise ValueError(f"round must be an integer, got {round!r}")
-        if not 0 <= round < len(self._data):
+        if not 0 <= int(round) < len(self._data):
             raise ValueError(f"round must be 0..{len(self._data) - 1}, got {round!r}")
         return int(round)
 
