@@ -193,7 +193,7 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     >>> check_config({**config, "fit_options": {"n_draw": 10}})
     Traceback (most recent call last):
     ...
-    ValueError: fit_options has the unknown option 'n_draw'; valid options are [...]
+    ValueError: fit_options has the unknown option 'n_draw'; valid options are [...]...)
     """
     if not isinstance(config, Mapping):
         raise ValueError(f"an experiment config must be a mapping, got {type(config).__name__}")

@@ -1173,14 +1173,17 @@ def _checked_covariate(
         )
     else:
         _check_text_levels(name, values, missing, keys, before)
-        values = np.where(missing, np.nan, values.astype(str).astype(object)).astype(object)
+        if missing.any():
+            values = np.where(missing, np.nan, _text(values)).astype(object)
+        else:
+            values = _text(values)
     return values
 
 
 def _check_text_levels(name, values, missing, keys, before) -> None:
     """Refuse a text covariate with more distinct values over all visits than a fit takes."""
-    present = values[~missing].astype(str).astype(object)
-    old = [v[~np.asarray(pd.isna(v), dtype=bool)].astype(str).astype(object) for v in before]
+    present = _text(values[~missing])
+    old = [_text(v[~np.asarray(pd.isna(v), dtype=bool)]) for v in before]
     levels = pd.unique(np.concatenate([*old, present]))
     if levels.size <= MAX_TEXT_LEVELS:
         return
