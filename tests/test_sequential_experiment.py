@@ -382,8 +382,14 @@ def test_record_refuses_a_per_visitor_text_covariate():
     exp = experiment()
     out = serve(exp.plan())
     out["session"] = [f"s-{i}" for i in range(len(out))]
-    message = refused(exp, logged_observed(out), "covariate 'session' would have 400 distinct")
+    message = refused(exp, logged_observed(out), "covariate 'session' has 400 distinct text")
     assert "more than the 256 a fit takes" in message and "remove_covariate" in message
+    out = out.drop(columns="session")
+    out["email"] = [f"user{i}@example.com" for i in range(len(out))]
+    message = refused(exp, logged_observed(out.iloc[:30]), "'email' has 30 distinct text values")
+    assert "a different value for every visit: an identifier" in message
+    out["email"] = np.where(np.arange(len(out)) % 2, "gmail.com", "example.com")  # bucketed
+    exp.record(logged_observed(out))
 
 
 def test_record_refuses_a_covariate_that_changes_kind_between_batches():

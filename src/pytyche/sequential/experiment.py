@@ -27,7 +27,7 @@ from ..fitting import MAX_TEXT_LEVELS, fit, infer_family
 from ..policy_tree import fit_policy_tree
 from ..results import CHAIN, DRAW
 from ..segments import covariate_kind
-from ..setup_check import check_setup, converters_needed
+from ..setup_check import MIN_ID_VISITORS, check_setup, converters_needed
 from .assign import visitor_keys
 from .config import check_config
 from .plan import (
@@ -341,8 +341,9 @@ class SequentialExperiment:
             assignment; an outcome is not a finite number within ±1e30, or for the family is
             negative (hurdle) or not 0/1 (binary); a covariate is infinite, of an unsupported
             kind, of another kind (text, numbers, booleans) than in earlier batches, a
-            boolean with missing values, or text with more distinct values over all recorded
-            visits than a fit takes (a per-visitor column such as a session id); the
+            boolean with missing values, or per-visitor text (a session id, an e-mail: more
+            distinct values over all recorded visits than a fit takes, or a different value
+            for every one of at least 20 visits); the
             covariates differ from earlier rounds'; or the experiment is finished.
         """
         if not isinstance(observed, xr.Dataset):
@@ -1181,21 +1182,31 @@ def _checked_covariate(
 
 
 def _check_text_levels(name, values, missing, keys, before) -> None:
-    """Refuse a text covariate with more distinct values over all visits than a fit takes."""
+    """Refuse a per-visitor text covariate (a session id, an e-mail).
+
+    That is: more distinct values over all visits than a fit takes, or a different value for
+    every one of at least ``MIN_ID_VISITORS`` visits (what :func:`pytyche.check_setup` calls
+    an identifier).
+    """
     present = _text(values[~missing])
     old = [_text(v[~np.asarray(pd.isna(v), dtype=bool)]) for v in before]
-    levels = pd.unique(np.concatenate([*old, present]))
-    if levels.size <= MAX_TEXT_LEVELS:
+    visits = np.concatenate([*old, present])
+    levels = pd.unique(visits).size
+    if levels > MAX_TEXT_LEVELS:
+        why = f"more than the {MAX_TEXT_LEVELS} a fit takes"
+    elif levels == visits.size >= MIN_ID_VISITORS:
+        why = "a different value for every visit: an identifier"
+    else:
         return
     shown = ", ".join(
         f"{str(keys[i])!r} ({values[i]!r})" for i in np.flatnonzero(~missing)[:MAX_SHOWN]
     )
     raise ValueError(
-        f"covariate {name!r} would have {levels.size:,} distinct text values over the "
-        f"recorded visits (more than the {MAX_TEXT_LEVELS} a fit takes), e.g. visitors "
-        f"{shown}: a per-visitor value (a session id, an e-mail) is no covariate; drop the "
-        "column (or bucket it) before recording; exp.remove_covariate(name, reason=...) "
-        "removes it from what is already recorded"
+        f"covariate {name!r} has {levels:,} distinct text values over the {visits.size:,} "
+        f"visits recorded with this batch ({why}), e.g. visitors {shown}: a per-visitor value "
+        "(a session id, an e-mail) is no covariate; drop the column (or bucket it) before "
+        "recording; exp.remove_covariate(name, reason=...) removes it from what is already "
+        "recorded"
     )
 
 
