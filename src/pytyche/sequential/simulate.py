@@ -213,7 +213,8 @@ def simulate_sequential(
                 seed=seed,
             )
             true_metric = (
-                pd.concat(truth_log[name]).loc[logged.indexes["visitor"].astype(str)].to_numpy()
+                # Rows of the log are visits ("id@round"); the truth is kept by visitor id.
+                pd.concat(truth_log[name]).loc[logged["visitor_id"].values.astype(str)].to_numpy()
             )
             pi = policy_probabilities(next_plan, logged, arms)
             out["ope_true"][p, r] = float((pi * true_metric).sum(axis=1).mean())
