@@ -506,6 +506,7 @@ def test_an_explicit_schedule_ends_with_a_final_plan(monkeypatch):
     exp.record(logged_observed(serve(exp.plan())))
     final = exp.advance()  # the last round's data is fitted and planned from
     assert final.status == "finished" and final.size == 0 and exp.finished
+    assert {p.experiment_id for p in exp.plans} == {exp.config["experiment_id"]}
     assert exp.history["fitted_visitors"].values[-1] == 800 and final.prob_best
     assert "finished" in str(final)
     with pytest.raises(ValueError, match=r"finished.*assigns nobody"):
