@@ -27,6 +27,7 @@ TINY_ARGS = {
     "bench_io.py": "--gb 0.002 --draws 10 --netcdf --dir {tmp}",
     "bench_out_of_core.py": "--gib 0.002 --draws 10 --dir {tmp}",
     "bench_policy_tree.py": "--visitors 3000 --draws 5 --depths 2 --bootstrap 0",
+    "bench_sequential.py": "--sizes 300 --repeat 1",
 }
 
 

@@ -26,15 +26,16 @@ from pytyche.sequential import experiment as experiment_module
 cli = importlib.import_module("pytyche.cli")
 
 ARMS = ["control", "A", "B"]
-COMMANDS = ("start", "plan", "assign", "record", "advance", "srm", "evaluate")
+COMMANDS = ("start", "plan", "assign", "record", "remove", "advance", "srm", "evaluate")
 # The experiment of the loop, as the CLI and as the API create it.
 START = ["--arms", "control,A,B", "--schedule", "400", "--min-visitors-per-arm", "20"]
-START += ["--family", "continuous", "--seed", "4", "--draws", "7"]
+START += ["--family", "continuous", "--seed", "4", "--name", "loop", "--draws", "7"]
 SETTINGS = {
     "schedule": 400,
     "min_visitors_per_arm": 20,
     "family": "continuous",
     "seed": 4,
+    "name": "loop",
     "fit_options": {"n_draws": 7},
 }
 TIMESTAMPS = ["planned_at", "closed_at"]
@@ -71,7 +72,8 @@ def visitors(n, round_index):
 
 def with_outcome(assigned, round_index):
     out = assigned.copy()
-    out["outcome"] = np.random.default_rng(100 + round_index).normal(size=len(out))
+    # Non-negative: the default (hurdle) family refuses a negative outcome.
+    out["outcome"] = np.abs(np.random.default_rng(100 + round_index).normal(size=len(out)))
     return out
 
 
@@ -363,3 +365,57 @@ def test_the_installed_command_in_a_subprocess(stores):
     )
     assert done.returncode == 0, done.stderr
     assert "round 0: initial, planned 200, recorded 200" in done.stdout
+
+
+def test_start_without_a_seed_draws_one_and_prints_it(tmp_path, capsys):
+    code, out, _ = call(["start", tmp_path / "a", "--arms", "control,A"], capsys)
+    assert code == 0
+    config = pt.open_experiment(tmp_path / "a").config
+    assert (
+        f"seed {config['seed']} (drawn at random); experiment id {config['experiment_id']}" in out
+    )
+    assert call(["start", tmp_path / "b", "--arms", "control,A"], capsys)[0] == 0
+    assert pt.open_experiment(tmp_path / "b").config["seed"] != config["seed"]
+
+
+def test_record_refuses_a_refund_in_a_hurdle_experiment_and_takes_a_one_arm_batch(tmp_path, capsys):
+    store = tmp_path / "exp"
+    assert call(["start", store, "--arms", "control,A,B", "--seed", "3"], capsys)[0] == 0
+    visitors(60, 0).to_csv(tmp_path / "visitors.csv", index=False)
+    argv = ["assign", store, tmp_path / "visitors.csv", "--out", tmp_path / "assigned.csv"]
+    assert call(argv, capsys)[0] == 0
+    table = read_assigned(tmp_path / "assigned.csv").assign(outcome=0.0)
+    table.loc[4, "outcome"] = -20.0
+    table.to_csv(tmp_path / "outcomes.csv", index=False)
+    before = tree_digest(store)
+    err = one_line_error(*call(["record", store, tmp_path / "outcomes.csv"], capsys)[::2])
+    assert f"column 'outcome' is negative for 1 visitor(s): {table['visitor_id'][4]!r}" in err
+    assert tree_digest(store) == before
+    holdout = table[table["arm"] == "control"].iloc[:1].assign(outcome=0.0)
+    holdout.to_csv(tmp_path / "one.csv", index=False)
+    code, out, _ = call(["record", store, tmp_path / "one.csv"], capsys)
+    assert code == 0 and "recorded 1 visitor(s) in round 0" in out
+
+
+def test_remove_visitors_and_a_covariate(stores, capsys):
+    store = stores / "recorded"
+    ids = pt.open_experiment(store).recorded()["visitor_id"].values[:3].tolist()
+    pd.DataFrame({"visitor_id": ids[:2]}).to_csv(stores / "bots.csv", index=False)
+    before = tree_digest(store)
+    argv = ["remove", store, "--visitors", "nobody,ghost", "--reason", "bots"]
+    err = one_line_error(*call(argv, capsys)[::2])
+    assert "2 visitor(s) have no recorded visit: 'nobody', 'ghost'" in err
+    assert tree_digest(store) == before
+    argv = ["remove", store, "--visitors", stores / "bots.csv", "--reason", "bot traffic"]
+    code, out, _ = call(argv, capsys)
+    assert code == 0 and "removed 2 recorded visit(s) of 2 visitor(s)" in out
+    argv = ["remove", store, "--visitors", ids[2], "--round", "0", "--reason", "a test order"]
+    assert call(argv, capsys)[0] == 0
+    argv = ["remove", store, "--covariate", "age", "--reason", "collected after the visit"]
+    code, out, _ = call(argv, capsys)
+    assert code == 0 and "removed the covariate 'age'" in out
+    recorded = pt.open_experiment(store).recorded()
+    assert recorded.sizes["visitor"] == 197 and "age" not in recorded.variables
+    assert not set(ids) & set(recorded["visitor_id"].values)
+    err = one_line_error(*call(["remove", store, "--covariate", "age"], capsys)[::2])
+    assert "--reason" in err

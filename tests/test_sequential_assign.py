@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import chisquare
 
-from pytyche.sequential import CELLS, RoundPlan
+from pytyche.sequential import CELLS, RoundPlan, sequential_experiment
 from pytyche.sequential.assign import choose_interval, visitor_uniforms
 
 ARMS = ["control", "A", "B"]
@@ -18,6 +18,12 @@ WEIGHTS = {
     0: {"control": 0.1, "A": 0.6, "B": 0.3},
     1: {"control": 0.25, "A": 0.25, "B": 0.5},
     -1: {"control": 0.5, "A": 0.2, "B": 0.3},
+}
+# Segment 0 (mobile) always gets A, segment 1 (desktop over 40) always B.
+ONE_ARM_PER_SEGMENT = {
+    0: {"control": 0.0, "A": 1.0, "B": 0.0},
+    1: {"control": 0.0, "A": 0.0, "B": 1.0},
+    -1: {"control": 1.0, "A": 0.0, "B": 0.0},
 }
 
 
@@ -171,3 +177,70 @@ def test_assign_errors_name_the_problem():
         plan.assign(visitors(3).assign(visitor_id=["a", None, "c"]))
     with pytest.raises(TypeError, match="DataFrame"):
         plan.assign({"visitor_id": [1]})
+
+
+def test_unsalted_hash_of_older_experiments_is_unchanged():
+    # Values of pytyche before experiment ids: plans without an id must assign as before.
+    cell_u, arm_u = visitor_uniforms(12345, ["u0", "u1", 7])
+    assert cell_u.tolist() == [0.85897568273358, 0.12891669214889756, 0.1971036752580282]
+    assert arm_u.tolist() == [0.11311327329296683, 0.27731977551253784, 0.7879505393803646]
+    old = make_plan().to_dict()
+    del old["experiment_id"]  # a description written before experiments had ids
+    plan = RoundPlan.from_dict(old)
+    assert plan.experiment_id is None
+    frame = visitors(300)
+    pd.testing.assert_frame_equal(plan.assign(frame), make_plan().assign(frame))
+
+
+def same_arm_share(a, b, n=10_000):
+    frame = pd.DataFrame({"visitor_id": [f"id-{i}" for i in range(n)]})
+    return float((a.plan().assign(frame)["arm"] == b.plan().assign(frame)["arm"]).mean())
+
+
+def test_two_default_experiments_assign_nearly_independently():
+    first, second = sequential_experiment(ARMS), sequential_experiment(ARMS)
+    assert first.config["seed"] != second.config["seed"]
+    assert first.config["experiment_id"] != second.config["experiment_id"]
+    # Round 0 serves each arm about a third of the time: independent assignments agree on
+    # about sum(p_a^2) = 0.34 of the visitors, identical ones on all.
+    assert 0.30 < same_arm_share(first, second) < 0.38
+    frame = pd.DataFrame({"visitor_id": [f"id-{i}" for i in range(10_000)]})
+    u1 = visitor_uniforms(first.config["seed"], frame["visitor_id"], first.plan().experiment_id)
+    u2 = visitor_uniforms(second.config["seed"], frame["visitor_id"], second.plan().experiment_id)
+    assert abs(np.corrcoef(u1[1], u2[1])[0, 1]) < 0.05
+
+
+def test_same_seed_different_experiment_ids_assign_differently():
+    a = sequential_experiment(ARMS, seed=5, name="checkout-2026")
+    b = sequential_experiment(ARMS, seed=5, name="search-2026")
+    assert a.plan().experiment_id == "checkout-2026"
+    assert 0.30 < same_arm_share(a, b) < 0.38
+    again = sequential_experiment(ARMS, seed=5, name="checkout-2026")
+    assert same_arm_share(a, again) == 1.0  # same seed and id: the same assignment
+
+
+def test_reassigning_returns_the_logged_row_even_when_covariates_changed():
+    plan = make_plan(optimized=ONE_ARM_PER_SEGMENT, c=0.0, e=0.0)
+    first = plan.assign(pd.DataFrame({"visitor_id": ["v1"], "device": ["mobile"], "age": [30.0]}))
+    assert first["arm"].tolist() == ["A"]
+    moved = pd.DataFrame({"visitor_id": ["v1", "v2"], "device": ["desktop"] * 2, "age": [50.0] * 2})
+    again = plan.assign(moved)
+    # v1 keeps the arm, segment and propensity logged first; v2 is assigned by its covariates.
+    assert again["arm"].tolist() == ["A", "B"] and again["segment"].tolist() == [0, 1]
+    assert plan.assigned["visitor_id"].tolist() == ["v1", "v2"]
+
+
+def test_an_id_repeated_in_one_batch_gets_the_row_of_its_first_occurrence():
+    plan = make_plan(optimized=ONE_ARM_PER_SEGMENT, c=0.0, e=0.0)
+    batch = pd.DataFrame(
+        {"visitor_id": ["v1", "v1"], "device": ["mobile", "desktop"], "age": [30.0, 50.0]}
+    )
+    out = plan.assign(batch)
+    assert out["arm"].tolist() == ["A", "A"] and out["segment"].tolist() == [0, 0]
+    assert len(plan.assigned) == 1
+
+
+def test_a_finished_plan_assigns_nobody():
+    plan = RoundPlan.from_dict({**make_plan().to_dict(), "status": "finished", "size": 0})
+    with pytest.raises(ValueError, match=r"finished.*assigns nobody"):
+        plan.assign(visitors(3))

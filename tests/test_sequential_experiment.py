@@ -317,6 +317,215 @@ def test_hurdle_burn_in_waits_for_the_converters_the_fit_needs():
 
 def test_a_fit_refused_by_the_setup_check_points_at_fit_data():
     exp = experiment(family="binary", min_visitors_per_arm=1)
-    exp.record(logged_observed(serve(exp.plan())))  # a normal outcome: not 0/1
+    out = serve(exp.plan())
+    out["outcome"] = 0.0  # valid 0/1 values, but nobody converted: nothing a binary fit can do
+    exp.record(logged_observed(out))
     with pytest.raises(ValueError, match=r"check_setup\(exp\.fit_data\(\)\[0\], family='binary'\)"):
         exp.advance()
+
+
+# -- record refuses what would poison advance ---------------------------------------------------
+
+
+def refused(exp, observed, *fragments):
+    """Record must refuse `observed` naming every fragment, leaving the experiment as it was."""
+    before = exp.recorded()
+    with pytest.raises(ValueError) as info:
+        exp.record(observed)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    after = exp.recorded()
+    assert (before is None and after is None) or after.identical(before)
+    return str(info.value)
+
+
+def test_record_refuses_outcomes_the_family_cannot_fit():
+    exp = experiment(family="hurdle")
+    out = serve(exp.plan())
+    out["outcome"] = out["outcome"].abs()
+    out.loc[[3, 7], "outcome"] = [-12.5, -1.0]  # refunds
+    ids = out["visitor_id"].tolist()
+    refused(
+        exp,
+        logged_observed(out),
+        "column 'outcome' is negative for 2 visitor(s)",
+        f"{ids[3]!r} (-12.5)",
+        f"{ids[7]!r} (-1.0)",
+        "Nothing was recorded",
+    )
+    binary = experiment(family="binary")
+    out = serve(binary.plan())
+    out["outcome"] = (out["outcome"] > 0).astype(float)
+    out.loc[0, "outcome"] = 2.0
+    refused(binary, logged_observed(out), "column 'outcome' is not 0 or 1", "(2.0)")
+    out.loc[0, "outcome"] = 1.0
+    binary.record(logged_observed(out))  # fixed: accepted
+
+
+def test_record_refuses_infinite_outcomes_and_covariates_in_a_hand_built_dataset():
+    exp = experiment()
+    observed = logged_observed(serve(exp.plan()))
+    outcome = observed["outcome"].values.copy()
+    outcome[5] = np.inf
+    refused(exp, observed.assign_coords(outcome=("visitor", outcome)), "'outcome' is NaN or inf")
+    outcome[5] = np.nan
+    refused(exp, observed.assign_coords(outcome=("visitor", outcome)), "'outcome' is NaN or inf")
+    age = observed["age"].values.copy()
+    age[[1, 2]] = [np.inf, -np.inf]
+    message = refused(exp, observed.assign_coords(age=("visitor", age)), "column 'age' is infinite")
+    assert "for 2 visitor(s)" in message
+    age[[1, 2]] = np.nan  # a missing covariate is fine: those visitors match no rule on it
+    exp.record(observed.assign_coords(age=("visitor", age)))
+
+
+def test_record_refuses_a_per_visitor_text_covariate():
+    exp = experiment()
+    out = serve(exp.plan())
+    out["session"] = [f"s-{i}" for i in range(len(out))]
+    message = refused(exp, logged_observed(out), "covariate 'session' has 400 distinct text")
+    assert "more than the 256 a fit takes" in message and "remove_covariate" in message
+    out = out.drop(columns="session")
+    out["email"] = [f"user{i}@example.com" for i in range(len(out))]
+    message = refused(exp, logged_observed(out.iloc[:30]), "'email' has 30 distinct text values")
+    assert "a different value for every visit: an identifier" in message
+    out["email"] = np.where(np.arange(len(out)) % 2, "gmail.com", "example.com")  # bucketed
+    exp.record(logged_observed(out))
+
+
+def test_record_refuses_a_covariate_that_changes_kind_between_batches():
+    exp = experiment()
+    out = serve(exp.plan())
+    out["plan_tier"] = np.where(np.arange(len(out)) % 2, "gold", "basic")
+    exp.record(logged_observed(out.iloc[:200]))
+    later = out.iloc[200:].assign(plan_tier=np.arange(200) % 3)
+    refused(exp, logged_observed(later), "'plan_tier' holds number values in this batch but text")
+    exp.record(logged_observed(out.iloc[200:]))
+    assert exp.recorded().sizes["visitor"] == 400
+
+
+# -- removing recorded data ---------------------------------------------------------------------
+
+
+def test_remove_visitors_is_kept_in_the_audit_trail(monkeypatch):
+    monkeypatch.setattr(experiment_module, "fit", FakeFit())
+    exp = experiment()
+    first = serve(exp.plan())
+    exp.record(logged_observed(first))
+    exp.advance()
+    second = serve(exp.plan())
+    exp.record(logged_observed(second))
+    assert exp.state()["generation"] == [0, 0]
+    gone = [first["visitor_id"][0], first["visitor_id"][1], second["visitor_id"][0]]
+    with pytest.raises(ValueError, match="reason must be non-empty"):
+        exp.remove_visitors(gone, reason=" ")
+    with pytest.raises(ValueError, match=r"1 visitor\(s\) have no recorded visit: 'nobody'"):
+        exp.remove_visitors([*gone, "nobody"], reason="bots")
+    with pytest.raises(ValueError, match="have no recorded visit in round 1"):
+        exp.remove_visitors(gone, reason="bots", round=1)
+    assert exp.recorded().sizes["visitor"] == 800 and exp.events == []  # refusals change nothing
+    assert exp.remove_visitors(gone, reason="bot traffic (ticket 42)") == 3
+    assert exp.recorded().sizes["visitor"] == 797
+    assert not set(gone) & set(exp.recorded()["visitor_id"].values)
+    state = exp.state()
+    assert state["generation"] == [1, 1]
+    (event,) = state["events"]
+    assert event["action"] == "remove_visitors" and event["reason"] == "bot traffic (ticket 42)"
+    assert event["details"] == {"visitors": gone, "removed_per_round": {"0": 2, "1": 1}}
+    assert json.loads(json.dumps(state["events"])) == exp.events
+    assert exp.remove_visitors(second["visitor_id"][1], reason="test order", round=1) == 1
+    assert exp.state()["generation"] == [1, 2]
+    exp.advance()  # the fit runs on what is left
+    assert exp.history["fitted_visitors"].values[-1] == 796
+
+
+def test_remove_covariate_drops_it_from_every_round_and_later_batch(monkeypatch):
+    monkeypatch.setattr(experiment_module, "fit", FakeFit())
+    exp = experiment()
+    exp.record(logged_observed(serve(exp.plan())))
+    with pytest.raises(
+        ValueError, match=r"'colour' is not a recorded covariate.*\['age', 'device'\]"
+    ):
+        exp.remove_covariate("colour", reason="typo")
+    exp.remove_covariate("age", reason="collected after the visit: a leak")
+    assert "age" not in exp.recorded().variables and exp.removed_covariates == ("age",)
+    assert exp.events[0]["details"] == {"covariate": "age"}
+    assert exp.state()["generation"] == [1]
+    exp.advance()
+    exp.record(logged_observed(serve(exp.plan())))  # still has the column: it is left out
+    assert "age" not in exp.recorded().variables
+
+
+# -- returning visitors, single-arm batches, the end of a schedule --------------------------------
+
+
+def test_a_returning_visitor_is_one_row_per_visit(monkeypatch):
+    monkeypatch.setattr(experiment_module, "fit", FakeFit())
+    exp = experiment()
+    exp.record(logged_observed(serve(exp.plan())))
+    exp.advance()
+    frame = visitors(400, 1)
+    frame["visitor_id"] = visitors(400, 0)["visitor_id"]  # every round-0 visitor is back
+    out = exp.plan().assign(frame)
+    out["outcome"] = np.random.default_rng(1).normal(size=len(out))
+    exp.record(logged_observed(out))
+    recorded = exp.recorded()
+    index = recorded.indexes["visitor"]
+    assert index.is_unique and recorded.sizes["visitor"] == 800
+    assert index[0] == "r0-0@0" and index[400] == f"{out['visitor_id'][0]}@1"
+    assert recorded["visitor_id"].values[400] == out["visitor_id"][0]
+    assert recorded["round"].values.tolist() == [0] * 400 + [1] * 400
+    observed, _ = exp.fit_data()
+    assert observed.indexes["visitor"].is_unique
+    plan = exp.advance()
+    assert exp.history["fitted_visitors"].values[-1] == 800
+    assert exp.srm()["observed"].sum().item() == 800
+    value = pt.sequential.evaluate_policy(
+        exp.recorded(), plan, estimator="dr", posterior=exp.posterior, n_bootstrap=0
+    )
+    assert np.isfinite(float(value["estimate"]))
+
+
+def test_a_batch_served_one_arm_records():
+    exp = experiment()
+    out = serve(exp.plan())
+    holdout = out[out["cell"] == "control"]
+    assert len(holdout) and set(holdout["arm"]) == {"control"}
+    exp.record(logged_observed(holdout))
+    exp.record(logged_observed(out[out["cell"] != "control"].iloc[:1]))
+    assert exp.recorded().sizes["visitor"] == len(holdout) + 1
+    numbers = serve(experiment().plan()).assign(visitor_id=np.arange(400))
+    single = logged_observed(numbers.iloc[:1])
+    assert single.sizes["visitor"] == 1 and single.attrs["pytyche_arms"] == [numbers["arm"][0]]
+
+
+def test_an_explicit_schedule_ends_with_a_final_plan(monkeypatch):
+    monkeypatch.setattr(experiment_module, "fit", FakeFit())
+    exp = experiment(schedule=[400, 400])
+    exp.record(logged_observed(serve(exp.plan())))
+    assert exp.advance().status == "optimized" and not exp.finished
+    exp.record(logged_observed(serve(exp.plan())))
+    final = exp.advance()  # the last round's data is fitted and planned from
+    assert final.status == "finished" and final.size == 0 and exp.finished
+    assert {p.experiment_id for p in exp.plans} == {exp.config["experiment_id"]}
+    assert exp.history["fitted_visitors"].values[-1] == 800 and final.prob_best
+    assert "finished" in str(final)
+    with pytest.raises(ValueError, match=r"finished.*assigns nobody"):
+        final.assign(visitors(5, 2))
+    with pytest.raises(ValueError, match=r"finished.*nothing can be recorded"):
+        exp.record(logged_observed(serve(exp.plans[1])))
+    with pytest.raises(ValueError, match="the experiment is finished"):
+        exp.advance()
+
+
+def test_settings_are_checked_at_the_start_not_at_the_first_fit():
+    with pytest.raises(ValueError, match=r"unknown option 'n_draw'.*'n_draws'"):
+        experiment(fit_options={"n_draw": 20})
+    with pytest.raises(ValueError, match="graduation_loss"):
+        experiment(graduation_loss=-1.0)
+
+
+def test_the_default_seed_is_drawn_and_kept():
+    a, b = sequential_experiment(ARMS), sequential_experiment(ARMS)
+    assert a.config["seed"] != b.config["seed"] and 0 <= a.config["seed"] < 2**64
+    assert len(a.config["experiment_id"]) == 32
+    assert a.plan().seed == a.config["seed"] and a.plan().experiment_id == a.config["experiment_id"]

@@ -10,7 +10,8 @@ import xarray as xr
 
 import pytyche as pt
 from pytyche.sequential import RoundPlan, check_schedule, round_size, sequential_experiment
-from pytyche.sequential.plan import exploration_floor
+from pytyche.sequential.config import check_config
+from pytyche.sequential.plan import exploration_floor, schedule_rounds
 
 ARMS = ["control", "A", "B"]
 
@@ -175,3 +176,51 @@ def test_exploration_floor_matches_thompson_allocation():
         exploration_floor(rows, 0.3), [list(floored[s].values()) for s in segments], atol=1e-12
     )
     assert (exploration_floor(np.array([[1.0, 0.0, 0.0]]), 0.3) >= 0.1 - 1e-12).all()
+
+
+@pytest.mark.parametrize(
+    ("fit_options", "fragment"),
+    [
+        ({"n_draw": 10}, "unknown option 'n_draw'; valid options are ['chunk_bytes', 'correction'"),
+        ({"n_draws": "many"}, "fit_options['n_draws'] must be int, got 'many'"),
+        ({"n_trees_mu": 2.5}, "fit_options['n_trees_mu'] must be int, got 2.5"),
+        ({"max_train_visitors": "all"}, "must be int or None, got 'all'"),
+        ({"progress": 1}, "fit_options['progress'] must be bool, got 1"),
+    ],
+)
+def test_fit_options_are_checked_when_the_experiment_starts(fit_options, fragment):
+    with pytest.raises(ValueError) as info:
+        sequential_experiment(ARMS, fit_options=fit_options)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("loss", [-0.1, float("nan"), float("inf"), "0.01", True])
+def test_graduation_loss_must_be_a_finite_non_negative_number(loss):
+    with pytest.raises(ValueError, match="graduation_loss must be a finite non-negative number"):
+        sequential_experiment(ARMS, graduation_loss=loss)
+
+
+def test_check_config_revalidates_a_config_read_back():
+    exp = sequential_experiment(ARMS, schedule=[100, 200], seed=9, name="exp-9")
+    config = json.loads(json.dumps(exp.config))
+    assert check_config(config) == exp.config
+    assert config["schedule"] == ["explicit", [100, 200]] and config["seed"] == 9
+    older = {k: v for k, v in config.items() if k != "experiment_id"}
+    assert "experiment_id" not in check_config(older)  # stores written before ids existed
+    with pytest.raises(ValueError, match="unknown option 'n_draw'"):
+        check_config({**config, "fit_options": {"n_draw": 5}})
+    with pytest.raises(ValueError, match=r"lacks \['seed'\]"):
+        check_config({k: v for k, v in config.items() if k != "seed"})
+    with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
+        check_config({**config, "colour": "red"})
+    with pytest.raises(ValueError, match="experiment id"):
+        sequential_experiment(ARMS, name="  ")
+
+
+def test_experiment_id_round_trips_with_the_plan():
+    plan = sequential_experiment(ARMS, seed=3, name="exp-3").plan()
+    description = json.loads(json.dumps(plan.to_dict()))
+    assert description["experiment_id"] == "exp-3"
+    assert RoundPlan.from_dict(description).experiment_id == "exp-3"
+    assert schedule_rounds(check_schedule([1, 2, 3])) == 3
+    assert schedule_rounds(check_schedule(("doubling", 5))) is None

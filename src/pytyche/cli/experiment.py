@@ -2,6 +2,7 @@
 
 ``start`` creates a store; ``plan`` shows the current round's plan; ``assign`` assigns a table
 of visitors (and logs the assignment in the store); ``record`` records a round's outcomes;
+``remove`` removes recorded visits or a covariate (kept in the audit trail);
 ``advance`` refits and plans the next round; ``srm`` checks the sample ratios; ``evaluate``
 estimates, off policy, what another plan would have earned on the visitors recorded.
 
@@ -76,6 +77,7 @@ __all__ = [
     "plan_command",
     "read_experiment",
     "record_command",
+    "remove_command",
     "srm_command",
     "srm_document",
     "start_command",
@@ -94,7 +96,9 @@ EXAMPLES = {
     "start": (
         "example:\n"
         "  pytyche start experiment.pytyche --arms control,A,B --schedule doubling:5000 \\\n"
-        "      --control-share 0.05 --explore-share 0.05 --family hurdle --seed 42"
+        "      --control-share 0.05 --explore-share 0.05 --family hurdle --name checkout-2026\n\n"
+        "Without --seed a random seed is drawn (printed and kept in the store); the assignment\n"
+        "hash is keyed by the seed and salted by --name (default: a random experiment id)."
     ),
     "plan": "example:\n  pytyche plan experiment.pytyche --out plan.json",
     "assign": (
@@ -104,6 +108,12 @@ EXAMPLES = {
     "record": (
         "example (OUTCOMES: assign's output with an outcome column added):\n"
         "  pytyche record experiment.pytyche outcomes.csv --outcome revenue"
+    ),
+    "remove": (
+        "examples (removals are kept in the store's audit trail):\n"
+        "  pytyche remove experiment.pytyche --visitors bots.csv --reason 'bot traffic'\n"
+        "  pytyche remove experiment.pytyche --visitors u17,u42 --round 1 --reason 'test orders'\n"
+        "  pytyche remove experiment.pytyche --covariate session --reason 'a per-visitor id'"
     ),
     "advance": (
         "example:\n  pytyche advance experiment.pytyche --posterior-out posterior-round1.zarr"
@@ -391,6 +401,7 @@ def start_command(args) -> None:
             schedule=args.schedule,
             fit_options=fit_options,
             seed=args.seed,
+            name=args.name,
             drop_threshold=args.drop_threshold,
         )
     except ValueError as error:
@@ -398,7 +409,10 @@ def start_command(args) -> None:
     with locked(path):
         save_experiment(experiment, path)
     print(experiment.summary())
-    print(f"\nwrote the experiment to {path}")
+    config = experiment.config
+    drawn = "drawn at random" if args.seed is None else "given"
+    print(f"\nseed {config['seed']} ({drawn}); experiment id {config['experiment_id']}")
+    print(f"wrote the experiment to {path}")
 
 
 def plan_command(args) -> None:
@@ -535,6 +549,61 @@ def record_command(args) -> None:
         f"recorded {observed.sizes['visitor']:,} visitor(s) in round {plan.round} "
         f"({recorded:,} of the {plan.size:,} planned so far); wrote {args.store}"
     )
+
+
+def _visitor_ids(text: str) -> list[str]:
+    """``--visitors``: a .csv/.parquet table with a visitor_id column, or comma-separated ids."""
+    path = Path(text)
+    if path.suffix.lower() in (".csv", *PARQUET_SUFFIXES):
+        table = read_table(path, "--visitors", text_columns=("visitor_id",))
+        if "visitor_id" not in table.columns:
+            raise BadInput(
+                f"--visitors: {path} has no visitor_id column; columns: "
+                f"{[str(c) for c in table.columns]}"
+            )
+        ids = table["visitor_id"]
+        if ids.isna().any():
+            raise BadInput(f"--visitors: {path} has missing visitor ids")
+        return [str(v) for v in ids]
+    ids = [part.strip() for part in text.split(",")]
+    if not all(ids):
+        raise BadInput(
+            f"--visitors: expected a .csv/.parquet file or comma-separated ids, got {text!r}"
+        )
+    return ids
+
+
+def remove_command(args) -> None:
+    """``pytyche remove``: remove recorded visits or a covariate; kept in the audit trail.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments.
+
+    Raises
+    ------
+    BadInput
+        For bad input (an id with no recorded visit, an unknown covariate, an empty reason);
+        the store is then left as it was.
+    """
+    check_experiment_path(args.store)
+    ids = None if args.visitors is None else _visitor_ids(args.visitors)
+    if args.round is not None and ids is None:
+        raise BadInput("--round: only with --visitors")
+    with locked(args.store):
+        experiment = read_experiment(args.store)
+        try:
+            if ids is not None:
+                removed = experiment.remove_visitors(ids, reason=args.reason, round=args.round)
+                what = f"removed {removed:,} recorded visit(s) of {len(set(ids)):,} visitor(s)"
+            else:
+                experiment.remove_covariate(args.covariate, reason=args.reason)
+                what = f"removed the covariate {args.covariate!r} from every round"
+        except ValueError as error:
+            raise BadInput(one_line(error)) from None
+        save_experiment(experiment, args.store)
+    print(f"{what} (reason: {args.reason}); wrote {args.store}")
 
 
 def advance_command(args) -> None:
@@ -1040,7 +1109,19 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="threads of a fit (default: all; 1 makes resumed fits bit-identical)",
     )
     start.add_argument(
-        "--seed", **{**seed, "help": "assignment hash key and base of the fit seeds"}
+        "--seed",
+        **{
+            **seed,
+            "default": None,
+            "help": "assignment hash key and base of the fit seeds (default: drawn at random, "
+            "printed and kept)",
+        },
+    )
+    start.add_argument(
+        "--name",
+        default=None,
+        metavar="ID",
+        help="experiment id, salts the assignment hash (default: a random id)",
     )
     start.add_argument(
         "--overwrite",
@@ -1095,6 +1176,33 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--outcome", default="outcome", metavar="COL", help="the outcome column (default outcome)"
     )
     record.set_defaults(handler=record_command)
+
+    remove = command(
+        "remove",
+        "remove recorded visits (--visitors) or a covariate (--covariate); kept in the audit trail",
+        EXAMPLES["remove"],
+    )
+    store_argument(remove, "the experiment store")
+    what = remove.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--visitors",
+        default=None,
+        metavar="FILE_OR_IDS",
+        help="a .csv/.parquet table with a visitor_id column, or comma-separated ids",
+    )
+    what.add_argument(
+        "--covariate", default=None, metavar="NAME", help="a covariate to drop from every round"
+    )
+    remove.add_argument(
+        "--round",
+        type=bounded_int(0, 10**9),
+        default=None,
+        help="with --visitors: remove only that round's visits (default: every round's)",
+    )
+    remove.add_argument(
+        "--reason", required=True, metavar="TEXT", help="why (kept in the audit trail)"
+    )
+    remove.set_defaults(handler=remove_command)
 
     advance = command(
         "advance",

@@ -6,6 +6,7 @@ The loop: :func:`sequential_experiment` → ``exp.plan()`` (a :class:`RoundPlan`
 """
 
 from .assign import visitor_uniforms
+from .config import check_config
 from .evaluate import evaluate_policy, policy_probabilities
 from .experiment import SequentialExperiment, logged_observed, sequential_experiment
 from .plan import CELLS, NO_SEGMENT, RoundPlan, check_schedule, round_size
@@ -19,6 +20,7 @@ __all__ = [
     "RoundPlan",
     "SampleRatioMismatchWarning",
     "SequentialExperiment",
+    "check_config",
     "check_schedule",
     "evaluate_policy",
     "logged_observed",

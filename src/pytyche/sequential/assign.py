@@ -1,8 +1,9 @@
 """Deterministic, sticky assignment: a visitor's hash picks a cell and an arm from a plan.
 
 Every visitor gets two uniform numbers in [0, 1) from a keyed BLAKE2b hash of the experiment
-seed and the visitor id's text: ``v`` picks the cell, ``u`` the arm inside the cell. Both are
-fixed for the life of the experiment, so a returning visitor stays in the same cell (the
+seed and the visitor id's text, salted with the experiment id (so two experiments never share
+an assignment, even with the same seed): ``v`` picks the cell, ``u`` the arm inside the cell.
+Both are fixed for the life of the experiment, so a returning visitor stays in the same cell (the
 cell weights never change) and keeps their arm for as long as ``u`` stays inside that arm's
 interval of the cell's cumulative weights (arms laid out in the experiment's fixed arm order).
 No global random state is used or touched.
@@ -17,7 +18,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["choose_interval", "visitor_covariates", "visitor_keys", "visitor_uniforms"]
+__all__ = [
+    "choose_interval",
+    "experiment_salt",
+    "visitor_covariates",
+    "visitor_keys",
+    "visitor_uniforms",
+]
 
 # 53 random bits make a double in [0, 1) exactly representable.
 _UNIT = 2.0**-53
@@ -43,6 +50,8 @@ def visitor_keys(ids: Iterable) -> np.ndarray:
         When an id is missing (None or NaN).
     """
     values = np.asarray(list(ids) if not isinstance(ids, np.ndarray | pd.Index) else ids)
+    if values.dtype.kind in "iuU":  # integers and fixed-width text: numpy's text is str()'s
+        return values.astype(str).astype(object)
     values = np.asarray(values, dtype=object)
     missing = np.asarray(pd.isna(values), dtype=bool)
     if missing.any():
@@ -50,6 +59,8 @@ def visitor_keys(ids: Iterable) -> np.ndarray:
             f"visitor_id is missing for {int(missing.sum())} visitor(s) (first at row "
             f"{int(np.flatnonzero(missing)[0])}); every visitor needs an id"
         )
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":  # already text (fast)
+        return values.copy()
     return (
         np.array([v.item() if isinstance(v, np.generic) else v for v in values], dtype=object)
         .astype(str)
@@ -57,7 +68,28 @@ def visitor_keys(ids: Iterable) -> np.ndarray:
     )
 
 
-def visitor_uniforms(seed: int, ids: Iterable) -> tuple[np.ndarray, np.ndarray]:
+def experiment_salt(experiment_id: str | None) -> bytes:
+    """The BLAKE2b salt of an experiment's assignment hash (empty for None: unsalted).
+
+    Parameters
+    ----------
+    experiment_id : str or None
+        The experiment id (``config["experiment_id"]``); None for experiments started before
+        experiments had ids, which keep their unsalted hash.
+
+    Returns
+    -------
+    bytes
+        16 bytes (a BLAKE2b digest of the id's UTF-8 text), or ``b""``.
+    """
+    if experiment_id is None:
+        return b""
+    return hashlib.blake2b(str(experiment_id).encode("utf-8"), digest_size=16).digest()
+
+
+def visitor_uniforms(
+    seed: int, ids: Iterable, experiment_id: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Two independent uniforms in [0, 1) per visitor, from a keyed hash of (seed, id).
 
     Parameters
@@ -66,6 +98,9 @@ def visitor_uniforms(seed: int, ids: Iterable) -> tuple[np.ndarray, np.ndarray]:
         The experiment seed, 0 to 2**64 - 1 (the hash key).
     ids : iterable
         Visitor ids; hashed through their text form (see :func:`visitor_keys`).
+    experiment_id : str, optional
+        Salts the hash (see :func:`experiment_salt`): two experiments with the same seed and
+        different ids assign independently. None: the unsalted hash of older experiments.
 
     Returns
     -------
@@ -77,13 +112,20 @@ def visitor_uniforms(seed: int, ids: Iterable) -> tuple[np.ndarray, np.ndarray]:
     >>> cell_u, arm_u = visitor_uniforms(7, ["a", "b"])
     >>> bool(((0 <= arm_u) & (arm_u < 1)).all())
     True
+    >>> bool((visitor_uniforms(7, ["a"], "exp-1")[1] != visitor_uniforms(7, ["a"])[1]).all())
+    True
     """
     key = int(seed).to_bytes(8, "little")
     keys = visitor_keys(ids)
-    digest = b"".join(
-        hashlib.blake2b(k.encode("utf-8"), digest_size=16, key=key).digest() for k in keys
-    )
-    words = np.frombuffer(digest, dtype="<u8").reshape(-1, 2)
+    # One keyed state, copied per id: half the cost of keying a new hash each time.
+    base = hashlib.blake2b(digest_size=16, key=key, salt=experiment_salt(experiment_id))
+
+    def digest(text: str) -> bytes:
+        state = base.copy()
+        state.update(text.encode("utf-8"))
+        return state.digest()
+
+    words = np.frombuffer(b"".join(map(digest, keys)), dtype="<u8").reshape(-1, 2)
     uniforms = (words >> np.uint64(11)).astype(np.float64) * _UNIT
     return uniforms[:, 0].copy(), uniforms[:, 1].copy()
 

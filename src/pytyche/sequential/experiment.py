@@ -6,9 +6,11 @@ import copy
 import datetime as _dt
 import hashlib
 import json
+import secrets
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -19,21 +21,24 @@ from .. import _html
 from .._mcse import effective_sample_size, probability_mcse
 from .._version import __version__
 from ..analysis import segment_means
+from ..correction import MAX_ABS_OUTCOME
 from ..data import observed_data
-from ..fitting import fit, infer_family
+from ..fitting import MAX_TEXT_LEVELS, fit, infer_family
 from ..policy_tree import fit_policy_tree
 from ..results import CHAIN, DRAW
-from ..setup_check import check_setup, converters_needed
-from .assign import MAX_SEED, visitor_keys
+from ..segments import covariate_kind
+from ..setup_check import MIN_ID_VISITORS, check_setup, converters_needed
+from .assign import visitor_keys
+from .config import check_config
 from .plan import (
     CELLS,
+    FINISHED,
     NO_SEGMENT,
     RoundPlan,
-    check_arms,
     check_schedule,
-    check_weight,
     exploration_floor,
     round_size,
+    schedule_rounds,
 )
 from .srm import SampleRatioMismatchWarning, assignment_counts, srm_test
 
@@ -43,12 +48,11 @@ __all__ = [
     "data_hash",
     "logged_observed",
     "sequential_experiment",
+    "visit_keys",
 ]
 
 # Visitor coordinates the experiment logs beside the covariates; never covariates of a fit.
 LOG_COORDS = ("propensity", "cell", "round", "segment")
-# Fit options the experiment sets itself.
-RESERVED_FIT_OPTIONS = ("propensity", "family")
 # The logged propensity enters the fit as a covariate, which must lie strictly inside (0, 1):
 # probabilities of arms a round could not serve (dropped) are raised to this.
 FIT_PROPENSITY_FLOOR = 1e-6
@@ -67,7 +71,8 @@ def sequential_experiment(
     min_visitors_per_arm: int = 100,
     schedule=None,
     fit_options: Mapping[str, Any] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    name: str | None = None,
     drop_threshold: float = 0.01,
     graduation_threshold: float = 0.95,
     graduation_loss: float = 0.01,
@@ -103,11 +108,17 @@ def sequential_experiment(
     schedule : None, int, ("doubling", n), ("fixed", n) or list of int
         Round sizes: None doubles from 1,000; see :func:`~pytyche.sequential.check_schedule`.
     fit_options : mapping, optional
-        Options of :func:`pytyche.fit` (``n_draws``, ``n_trees_mu``, ...). Its ``seed``
+        Options of :func:`pytyche.fit` (``n_draws``, ``n_trees_mu``, ...), checked now (names
+        and value types; see :func:`~pytyche.sequential.config.check_config`). Its ``seed``
         (default: `seed`) plus the round index, modulo 2**31, seeds each round's fit.
         ``propensity`` and ``family`` are set by the experiment.
-    seed : int, default 0
-        Key of the assignment hash and base of the fit seeds; 0 to 2**64 - 1.
+    seed : int, optional
+        Key of the assignment hash and base of the fit seeds; 0 to 2**64 - 1. Default: a fresh
+        random 64-bit seed (``secrets.randbits(64)``), kept in ``config["seed"]``.
+    name : str, optional
+        The experiment id (``config["experiment_id"]``), which salts the assignment hash:
+        two experiments with different ids assign independently, even with the same seed.
+        Default: a fresh random id (``uuid.uuid4().hex``).
     drop_threshold : float, default 0.01
         An arm (never control) whose posterior probability of being best is below this in
         every segment is dropped from the next round on.
@@ -115,7 +126,8 @@ def sequential_experiment(
         A (segment, arm) pair whose probability of being best is at least this ...
     graduation_loss : float, default 0.01
         ... and whose expected loss is at most this fraction of the segment's best posterior
-        mean metric is reported as a graduation candidate (never shipped automatically).
+        mean metric is reported as a graduation candidate (never shipped automatically); a
+        finite non-negative number.
 
     Returns
     -------
@@ -125,79 +137,38 @@ def sequential_experiment(
     ------
     ValueError
         For weights outside [0, 1], ``min_control_weight + min_explore_weight > 1``, fewer
-        than 2 arms, duplicate arm names, a bad schedule, depth, share, count, seed or fit
-        option; the message names the argument and its value.
+        than 2 arms, duplicate arm names, a bad schedule, depth, share, count, seed, name or
+        graduation loss, an unknown fit option or one of the wrong type; the message names
+        the argument and its value (and, for a fit option, lists the valid ones).
 
     Examples
     --------
     >>> from pytyche.sequential import sequential_experiment
-    >>> exp = sequential_experiment(["control", "A", "B"], schedule=("fixed", 2_000))
+    >>> exp = sequential_experiment(["control", "A", "B"], schedule=("fixed", 2_000), seed=1)
     >>> plan = exp.plan()
     >>> plan.round, plan.size, plan.status
     (0, 2000, 'initial')
     """
-    arms = check_arms(arms)
-    c = check_weight("min_control_weight", min_control_weight)
-    e = check_weight("min_explore_weight", min_explore_weight)
-    if c + e > 1.0 + 1e-12:
-        raise ValueError(
-            f"min_control_weight + min_explore_weight must be at most 1, got {c} + {e} = "
-            f"{c + e}; lower one of them"
-        )
-    if family not in ("hurdle", "binary", "continuous", "auto"):
-        raise ValueError(
-            f"family must be 'hurdle', 'binary', 'continuous' or 'auto', got {family!r}"
-        )
-    if isinstance(max_segment_depth, bool) or not isinstance(max_segment_depth, Integral):
-        raise ValueError(f"max_segment_depth must be an integer 0..6, got {max_segment_depth!r}")
-    if not 0 <= int(max_segment_depth) <= 6:
-        raise ValueError(f"max_segment_depth must be 0..6, got {max_segment_depth!r}")
-    if (
-        isinstance(min_segment_share, bool)
-        or not isinstance(min_segment_share, Real)
-        or not 0.0 < float(min_segment_share) <= 0.5
-    ):
-        raise ValueError(f"min_segment_share must be in (0, 0.5], got {min_segment_share!r}")
-    if (
-        isinstance(min_visitors_per_arm, bool)
-        or not isinstance(min_visitors_per_arm, Integral)
-        or min_visitors_per_arm < 0
-    ):
-        raise ValueError(
-            f"min_visitors_per_arm must be a non-negative integer, got {min_visitors_per_arm!r}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
-    options = dict(fit_options or {})
-    reserved = sorted(set(options) & set(RESERVED_FIT_OPTIONS))
-    if reserved:
-        raise ValueError(
-            f"fit_options may not set {reserved}: the experiment sets the family from its "
-            "`family` argument and the propensity from the logged assignments"
-        )
-    try:
-        json.dumps(options)
-    except TypeError as error:
-        raise ValueError(
-            f"fit_options must be JSON-serialisable (for the audit trail): {error}"
-        ) from error
+    if seed is None:
+        seed = secrets.randbits(64)  # a fresh key: no two experiments share an assignment
     config = {
-        "arms": list(arms),
+        "arms": arms,
         "family": family,
-        "min_control_weight": c,
-        "min_explore_weight": e,
-        "epsilon": check_weight("epsilon", epsilon),
-        "max_segment_depth": int(max_segment_depth),
-        "min_segment_share": float(min_segment_share),
-        "min_visitors_per_arm": int(min_visitors_per_arm),
+        "min_control_weight": min_control_weight,
+        "min_explore_weight": min_explore_weight,
+        "epsilon": epsilon,
+        "max_segment_depth": max_segment_depth,
+        "min_segment_share": min_segment_share,
+        "min_visitors_per_arm": min_visitors_per_arm,
         "schedule": _schedule_json(check_schedule(schedule)),
-        "fit_options": options,
-        "seed": int(seed),
-        "drop_threshold": check_weight("drop_threshold", drop_threshold),
-        "graduation_threshold": check_weight("graduation_threshold", graduation_threshold),
-        "graduation_loss": float(graduation_loss),
+        "fit_options": {} if fit_options is None else fit_options,
+        "seed": seed,
+        "drop_threshold": drop_threshold,
+        "graduation_threshold": graduation_threshold,
+        "graduation_loss": graduation_loss,
+        "experiment_id": uuid.uuid4().hex if name is None else name,
     }
-    return SequentialExperiment(config)
+    return SequentialExperiment(check_config(config))
 
 
 def _schedule_json(schedule: tuple) -> list:
@@ -248,6 +219,7 @@ class SequentialExperiment:
                 optimized=self._uniform_weights(self.arms, [0]),
                 status="initial",
                 seed=self.config["seed"],
+                experiment_id=self.config.get("experiment_id"),
             )
             self._plans = [first]
             self._rounds = [self._round_record(first, None)]
@@ -256,6 +228,10 @@ class SequentialExperiment:
             self._plans = list(state["plans"])
             self._rounds = [dict(r) for r in state["rounds"]]
             self._data = list(state["data"])
+        state = state or {}
+        # The audit trail of removals, and per round how often its recorded rows changed.
+        self._events: list[dict] = copy.deepcopy(list(state.get("events", [])))
+        self._generation = [int(g) for g in state.get("generation", [0] * len(self._plans))]
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -310,20 +286,38 @@ class SequentialExperiment:
         """Every round's plan, round 0 first."""
         return tuple(self._plans)
 
+    @property
+    def finished(self) -> bool:
+        """Whether the explicit schedule is done: the current plan is the final one."""
+        return self.plan().status == FINISHED
+
     def recorded(self) -> xr.Dataset | None:
-        """All recorded visitors of all rounds, or None before the first :meth:`record`.
+        """All recorded visits of all rounds, or None before the first :meth:`record`.
+
+        A returning visitor (the same id recorded in several rounds) has one row per visit:
+        the ``visitor`` index is the visit key ``"{visitor id}@{round}"`` (unique, see
+        :func:`visit_keys`), and the coordinate ``visitor_id`` holds the id itself.
 
         Returns
         -------
         xarray.Dataset or None
             Observed data (visitor coordinates ``variant``, ``outcome``, ``propensity``,
-            ``cell``, ``round``, ``segment`` and the covariates), rows in recording order.
+            ``cell``, ``round``, ``segment``, the covariates and ``visitor_id``), rows in
+            recording order.
         """
         parts = [d for d in self._data if d is not None]
-        return xr.concat(parts, dim="visitor") if parts else None
+        if not parts:
+            return None
+        data = xr.concat(parts, dim="visitor")
+        ids = np.asarray(data.indexes["visitor"], dtype=object)
+        data = data.assign_coords(visitor_id=("visitor", ids))
+        return data.assign_coords(visitor=visit_keys(ids, data["round"].values))
 
     def record(self, observed: xr.Dataset) -> None:
         """Add outcomes of the current round.
+
+        Everything :meth:`advance` will need is checked here, and a batch with any problem is
+        refused whole (nothing recorded): so no recorded data can make a later fit fail.
 
         Parameters
         ----------
@@ -332,56 +326,39 @@ class SequentialExperiment:
             :func:`logged_observed`): the ``visitor`` index holds the visitor ids; coordinates
             ``variant`` (the arm served), ``outcome``, ``propensity`` and the covariates;
             ``cell``, ``round`` and ``segment``, when present, are checked too. May be called
-            several times per round with different visitors.
+            several times per round with different visitors; a visitor of an earlier round
+            recorded again is a returning visitor (a new visit, see :meth:`recorded`).
+            Covariates removed with :meth:`remove_covariate` are left out.
 
         Raises
         ------
         TypeError
             When `observed` is not a Dataset.
         ValueError
-            When a coordinate is missing, a visitor was never assigned by the current plan or
-            is recorded twice, or a visitor's arm, propensity, cell, round or segment differs
-            from its assignment (listing up to 5 of them); or when the covariates differ from
-            earlier rounds'.
+            Naming the column and up to 5 visitor ids: when a coordinate is missing; a visitor
+            was never assigned by the current plan, is listed twice or is already recorded
+            this round; a visitor's arm, propensity, cell, round or segment differs from its
+            assignment; an outcome is not a finite number within ±1e30, or for the family is
+            negative (hurdle) or not 0/1 (binary); a covariate is infinite, of an unsupported
+            kind, of another kind (text, numbers, booleans) than in earlier batches, a
+            boolean with missing values, or per-visitor text (a session id, an e-mail: more
+            distinct values over all recorded visits than a fit takes, or a different value
+            for every one of at least 20 visits); the
+            covariates differ from earlier rounds'; or the experiment is finished.
         """
         if not isinstance(observed, xr.Dataset):
             raise TypeError(f"observed must be an xarray.Dataset, got {type(observed).__name__}")
         plan = self.plan()
-        if "visitor" not in observed.indexes:
+        if plan.status == FINISHED:
             raise ValueError(
-                "observed needs visitor ids as its 'visitor' index (a 'visitor_id' column in "
-                "the tables given to pytyche.observed_data)"
+                f"the experiment is finished: round {plan.round} is its final plan, which "
+                "assigns nobody; nothing can be recorded"
             )
-        for name in ("variant", "outcome", "propensity"):
-            if name not in observed.variables or observed.variables[name].dims != ("visitor",):
-                raise ValueError(
-                    f"observed needs a {name!r} coordinate along 'visitor'; found "
-                    f"{sorted(map(str, observed.variables))}"
-                )
-        keys = visitor_keys(observed.indexes["visitor"])
-        _refuse(pd.Index(keys).duplicated(), keys, "are listed more than once in observed")
-        log = plan.assigned.set_index("visitor_id")
-        _refuse(
-            ~np.isin(keys, log.index.to_numpy()),
-            keys,
-            f"were never assigned by the round {plan.round} plan",
-        )
-        current = self._data[-1]
-        if current is not None:
-            _refuse(
-                np.isin(keys, visitor_keys(current.indexes["visitor"])),
-                keys,
-                f"are already recorded in round {plan.round}",
-            )
-        logged = log.loc[keys]
-        arm = np.asarray(observed["variant"].values).astype(str)
-        _refuse(
-            arm != logged["arm"].to_numpy().astype(str),
-            keys,
-            "were served another arm",
-            got=arm,
-            want=logged["arm"].to_numpy(),
-        )
+        keys = _observed_keys(observed)
+        logged = self._logged_rows(plan, keys)
+        arm = _text(observed["variant"].values)
+        want_arm = _text(logged["arm"].to_numpy())
+        _refuse(arm != want_arm, keys, "were served another arm", got=arm, want=want_arm)
         propensity = np.asarray(observed["propensity"].values, dtype=np.float64)
         want = logged["propensity"].to_numpy(dtype=np.float64)
         _refuse(
@@ -392,14 +369,14 @@ class SequentialExperiment:
             want=want,
         )
         checks = {
-            "cell": logged["cell"].to_numpy().astype(str),
+            "cell": _text(logged["cell"].to_numpy()),
             "segment": logged["segment"].to_numpy(),
             "round": np.full(keys.size, plan.round),
         }
         for name, expected in checks.items():
             if name in observed.variables:
                 values = np.asarray(observed[name].values)
-                values = values.astype(str) if name == "cell" else values.astype(np.int64)
+                values = _text(values) if name == "cell" else values.astype(np.int64)
                 _refuse(
                     values != expected,
                     keys,
@@ -407,30 +384,111 @@ class SequentialExperiment:
                     got=values,
                     want=expected,
                 )
-        covariates = sorted(
-            str(n)
-            for n, v in observed.variables.items()
-            if v.dims == ("visitor",) and n not in ("visitor", "variant", "outcome", *LOG_COORDS)
-        )
-        known = self._covariate_names()
-        if known is not None and covariates != known:
-            raise ValueError(
-                f"observed has covariates {covariates} but earlier rounds had {known}; every "
-                "round needs the same covariates"
-            )
         coords = {
             "visitor": ("visitor", keys),
-            "variant": ("visitor", arm.astype(object)),
-            "outcome": ("visitor", np.asarray(observed["outcome"].values, dtype=np.float64)),
+            "variant": ("visitor", arm),
+            "outcome": ("visitor", self._checked_outcome(observed, keys)),
             "propensity": ("visitor", want),
-            "cell": ("visitor", checks["cell"].astype(object)),
+            "cell": ("visitor", checks["cell"]),
             "round": ("visitor", checks["round"].astype(np.int64)),
             "segment": ("visitor", checks["segment"].astype(np.int64)),
+            **self._checked_covariates(observed, keys),
         }
-        for name in covariates:
-            coords[name] = ("visitor", np.asarray(observed[name].values))
         part = xr.Dataset(coords=coords)
+        current = self._data[-1]
         self._data[-1] = part if current is None else xr.concat([current, part], dim="visitor")
+
+    def _logged_rows(self, plan: RoundPlan, keys: np.ndarray) -> pd.DataFrame:
+        """The assignment-log rows of ``keys``: each listed once, assigned, not yet recorded."""
+        _refuse(pd.Index(keys).duplicated(), keys, "are listed more than once in observed")
+        log = plan.assigned
+        where = pd.Index(log["visitor_id"]).get_indexer(keys)  # the log is unique by id
+        _refuse(where < 0, keys, f"were never assigned by the round {plan.round} plan")
+        current = self._data[-1]
+        if current is not None:
+            _refuse(
+                current.indexes["visitor"].get_indexer(keys) >= 0,
+                keys,
+                f"are already recorded in round {plan.round}",
+            )
+        return log.iloc[where]
+
+    def _checked_outcome(self, observed: xr.Dataset, keys: np.ndarray) -> np.ndarray:
+        """The outcome as float64, once every value is one the configured family can fit."""
+        values = np.asarray(observed["outcome"].values)
+        if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+            raise ValueError(
+                f"column 'outcome' has dtype {values.dtype}; expected numbers (the metric of "
+                "each visitor)"
+            )
+        outcome = values.astype(np.float64)
+        _refuse_values(
+            ~np.isfinite(outcome),
+            keys,
+            "outcome",
+            "is NaN or infinite",
+            outcome,
+            "record a number for every visitor (0 when nothing happened)",
+        )
+        with np.errstate(invalid="ignore"):
+            huge = np.abs(outcome) > MAX_ABS_OUTCOME
+        _refuse_values(
+            huge,
+            keys,
+            "outcome",
+            f"is beyond ±{MAX_ABS_OUTCOME:g}",
+            outcome,
+            "rescale the outcome, e.g. to thousands of its unit",
+        )
+        family = self.config["family"]
+        if family == "hurdle":
+            _refuse_values(
+                outcome < 0,
+                keys,
+                "outcome",
+                "is negative",
+                outcome,
+                "a hurdle fit needs outcomes >= 0 (record a refund as 0, or start the "
+                "experiment with family='continuous')",
+            )
+        elif family == "binary":
+            _refuse_values(
+                ~np.isin(outcome, (0.0, 1.0)),
+                keys,
+                "outcome",
+                "is not 0 or 1",
+                outcome,
+                "a binary fit needs a 0/1 outcome (or start with family='continuous')",
+            )
+        return outcome
+
+    def _checked_covariates(self, observed: xr.Dataset, keys: np.ndarray) -> dict:
+        """The batch's covariates, once each is one every later fit can take."""
+        removed = self.removed_covariates
+        names = sorted(
+            str(n)
+            for n, v in observed.variables.items()
+            if v.dims == ("visitor",)
+            and n not in ("visitor", "variant", "outcome", *LOG_COORDS)
+            and n not in removed
+        )
+        if "visitor_id" in names:
+            raise ValueError(
+                "observed has a covariate 'visitor_id'; that name is reserved for the ids of "
+                "recorded visits: rename it, or make it the 'visitor' index"
+            )
+        known = self._covariate_names()
+        if known is not None and names != known:
+            raise ValueError(
+                f"observed has covariates {names} but earlier rounds had {known}; every "
+                "round needs the same covariates (exp.remove_covariate(name, reason=...) "
+                "drops one from every round)"
+            )
+        earlier = [d for d in self._data if d is not None]
+        return {
+            name: ("visitor", _checked_covariate(name, observed[name].values, keys, earlier))
+            for name in names
+        }
 
     def _covariate_names(self) -> list[str] | None:
         for d in self._data:
@@ -441,6 +499,114 @@ class SequentialExperiment:
                     if n not in ("visitor", "variant", "outcome", *LOG_COORDS)
                 )
         return None
+
+    # -- removing recorded data -------------------------------------------------------------
+
+    @property
+    def events(self) -> list[dict]:
+        """The audit trail of changes to recorded data, oldest first.
+
+        Returns
+        -------
+        list of dict
+            JSON-able ``{"time": UTC ISO timestamp, "action": "remove_visitors" or
+            "remove_covariate", "details": {...}, "reason": text}`` (a copy).
+        """
+        return copy.deepcopy(self._events)
+
+    @property
+    def removed_covariates(self) -> tuple[str, ...]:
+        """Covariates removed with :meth:`remove_covariate`; :meth:`record` leaves them out."""
+        return tuple(
+            e["details"]["covariate"] for e in self._events if e["action"] == "remove_covariate"
+        )
+
+    def remove_visitors(self, ids, *, reason: str, round: int | None = None) -> int:
+        """Remove recorded visits (bots, test traffic, a logging error), kept in the audit trail.
+
+        The rounds' assignment logs are kept (the visitors were assigned); the next
+        :meth:`advance` fits without the removed rows. Each round that loses rows gets its
+        ``generation`` (in :meth:`state`) bumped.
+
+        Parameters
+        ----------
+        ids : str or iterable
+            Visitor ids (their text form, as :func:`~pytyche.sequential.visitor_uniforms`
+            reads them).
+        reason : str
+            Why: kept in :attr:`events`.
+        round : int, optional
+            Remove only that round's visits; default every round's.
+
+        Returns
+        -------
+        int
+            Visits removed.
+
+        Raises
+        ------
+        ValueError
+            For an empty reason, a round that does not exist, or an id with no recorded visit
+            (in `round`, when given), naming up to 5; nothing is removed then.
+        """
+        reason = _check_reason(reason)
+        keys = pd.Index(visitor_keys([ids] if isinstance(ids, str) else ids)).unique()
+        rounds = range(len(self._data)) if round is None else [self._check_round(round)]
+        data, generation = list(self._data), list(self._generation)
+        found = np.zeros(len(keys), dtype=bool)
+        removed: dict[str, int] = {}
+        for r in rounds:
+            part = data[r]
+            if part is None:
+                continue
+            drop = keys.get_indexer(part.indexes["visitor"]) >= 0
+            found |= part.indexes["visitor"].get_indexer(keys) >= 0
+            if drop.any():
+                data[r] = None if drop.all() else part.isel(visitor=np.flatnonzero(~drop))
+                generation[r] += 1
+                removed[str(r)] = int(drop.sum())
+        where = "" if round is None else f" in round {round}"
+        _refuse(~found, keys.to_numpy(), f"have no recorded visit{where}")
+        self._data, self._generation = data, generation
+        details = {"visitors": [str(k) for k in keys], "removed_per_round": removed}
+        self._events.append(_event("remove_visitors", details, reason))
+        return sum(removed.values())
+
+    def remove_covariate(self, name: str, *, reason: str) -> None:
+        """Drop a covariate from every recorded round, and from every later batch.
+
+        The way out for a covariate no fit can take (a per-visitor text column recorded in
+        an earlier batch) or that should not be used. Kept in the audit trail; every round
+        with data gets its ``generation`` bumped.
+
+        Parameters
+        ----------
+        name : str
+            A covariate of the recorded data.
+        reason : str
+            Why: kept in :attr:`events`.
+
+        Raises
+        ------
+        ValueError
+            For an empty reason, or a name that is not a recorded covariate (listing them).
+        """
+        reason = _check_reason(reason)
+        known = self._covariate_names() or []
+        if name not in known:
+            raise ValueError(f"{name!r} is not a recorded covariate; the covariates are {known}")
+        self._data = [None if d is None else d.drop_vars(name) for d in self._data]
+        self._generation = [
+            g + (d is not None) for g, d in zip(self._generation, self._data, strict=True)
+        ]
+        self._events.append(_event("remove_covariate", {"covariate": name}, reason))
+
+    def _check_round(self, round: Any) -> int:
+        if isinstance(round, bool) or not isinstance(round, Integral):
+            raise ValueError(f"round must be an integer, got {round!r}")
+        if not 0 <= int(round) < len(self._data):
+            raise ValueError(f"round must be 0..{len(self._data) - 1}, got {round!r}")
+        return int(round)
 
     # -- SRM --------------------------------------------------------------------------------
 
@@ -517,8 +683,11 @@ class SequentialExperiment:
         needs), checks the data as :func:`pytyche.check_setup` does, refits the posterior on
         every recorded visitor (the logged propensities are the fit's ``propensity``, a
         covariate of its forests), refits the policy tree, drops arms and finds graduation
-        candidates, and builds the next plan. Every step runs on copies: if any raises, the
-        experiment is exactly as before.
+        candidates, and builds the next plan. After an explicit schedule's last round the
+        data is still fitted and planned from: the new plan is the ``"finished"`` final plan
+        (size 0, its weights the final recommendation; it assigns and records nobody) and
+        :attr:`finished` is True. Every step runs on copies: if any raises, the experiment is
+        exactly as before.
 
         Returns
         -------
@@ -528,7 +697,7 @@ class SequentialExperiment:
         Raises
         ------
         ValueError
-            When the schedule has no next round; when the data is not ready for a fit (every
+            When the experiment is finished; when the data is not ready for a fit (every
             problem listed; ``pytyche.check_setup(exp.fit_data()[0], family=...)`` shows the
             report); and as :func:`pytyche.fit` and :func:`pytyche.fit_policy_tree` raise.
 
@@ -538,8 +707,16 @@ class SequentialExperiment:
             When the closing round's counts fail the sample ratio check.
         """
         plan = self.plan()
+        if plan.status == FINISHED:
+            raise ValueError(
+                f"the experiment is finished: round {plan.round} is its final plan (the "
+                "explicit schedule has no more rounds); start a new experiment to go on"
+            )
         next_round = plan.round + 1
-        size = round_size(self._schedule, next_round)
+        rounds_planned = schedule_rounds(self._schedule)
+        # Past an explicit schedule's last round: fit and plan once more, a final plan.
+        final = rounds_planned is not None and next_round >= rounds_planned
+        size = 0 if final else round_size(self._schedule, next_round)
         notes: dict[str, Any] = {}
         if self._data[-1] is not None:
             check = self.srm()
@@ -570,14 +747,18 @@ class SequentialExperiment:
                 cells=self._cells,
                 segments={0: "everyone"},
                 optimized=self._uniform_weights(active, [0]),
-                status="burn-in",
+                status=FINISHED if final else "burn-in",
                 seed=self.config["seed"],
+                experiment_id=self.config.get("experiment_id"),
                 dropped=plan.dropped,
                 notes=notes,
             )
         else:
             posterior, fit_record = self._fit(cumulative, next_round)
-            new_plan = self._optimized_plan(posterior, plan, next_round, size, active, notes)
+            status = FINISHED if final else "optimized"
+            new_plan = self._optimized_plan(
+                posterior, plan, next_round, size, active, notes, status
+            )
         # Commit: nothing above touched the experiment's state.
         rounds = copy.deepcopy(self._rounds)
         rounds[-1]["closed_at"] = _now()
@@ -585,6 +766,7 @@ class SequentialExperiment:
         self._plans = [*self._plans, new_plan]
         self._rounds = rounds
         self._data = [*self._data, None]
+        self._generation = [*self._generation, 0]
         if posterior is not None:
             self.posterior = posterior
         return new_plan
@@ -685,7 +867,9 @@ class SequentialExperiment:
         }
         return posterior, record
 
-    def _optimized_plan(self, posterior, plan, next_round, size, active, notes) -> RoundPlan:
+    def _optimized_plan(
+        self, posterior, plan, next_round, size, active, notes, status="optimized"
+    ) -> RoundPlan:
         config = self.config
         tree = fit_policy_tree(
             posterior,
@@ -764,8 +948,9 @@ class SequentialExperiment:
             cells=self._cells,
             segments=segments,
             optimized=optimized,
-            status="optimized",
+            status=status,
             seed=config["seed"],
+            experiment_id=config.get("experiment_id"),
             dropped=(*plan.dropped, *newly),
             graduation=graduation,
             prob_best={
@@ -876,12 +1061,16 @@ class SequentialExperiment:
         -------
         dict
             ``plans`` (list of RoundPlan), ``rounds`` (list of dict), ``data`` (list of
-            Dataset or None, one per round).
+            Dataset or None, one per round), ``events`` (list of dict, see :attr:`events`),
+            ``generation`` (list of int, one per round: bumped each time rows of the round's
+            recorded data are removed, so a store knows to rewrite that round's table).
         """
         return {
             "plans": list(self._plans),
             "rounds": copy.deepcopy(self._rounds),
             "data": list(self._data),
+            "events": copy.deepcopy(self._events),
+            "generation": list(self._generation),
         }
 
 
@@ -911,6 +1100,169 @@ def _experiment_html(experiment: SequentialExperiment) -> str:
         _html.details(
             f"current plan (round {experiment.round})", experiment.plan()._repr_html_(), open=True
         ),
+    )
+
+
+def visit_keys(ids, rounds) -> np.ndarray:
+    """The key of each recorded visit: ``"{visitor id}@{round}"``.
+
+    Unique over an experiment's recorded data (a visitor is recorded at most once per round),
+    and read back unambiguously: the round is the text after the last ``@``.
+
+    Parameters
+    ----------
+    ids : array-like
+        Visitor ids (their text form is used).
+    rounds : array-like of int
+        The round of each visit.
+
+    Returns
+    -------
+    numpy.ndarray
+        Object array of str.
+
+    Examples
+    --------
+    >>> visit_keys(["u1", "u1"], [0, 1]).tolist()
+    ['u1@0', 'u1@1']
+    """
+    text = pd.Series(visitor_keys(ids), dtype=object)
+    rounds = pd.Series(np.asarray(rounds, dtype=np.int64)).astype(str)
+    return text.str.cat(rounds.to_numpy(dtype=object), sep="@").to_numpy(dtype=object)
+
+
+def _observed_keys(observed: xr.Dataset) -> np.ndarray:
+    """The visitor ids of observed data, once it has the coordinates a record needs."""
+    if "visitor" not in observed.indexes:
+        raise ValueError(
+            "observed needs visitor ids as its 'visitor' index (a 'visitor_id' column in "
+            "the tables given to pytyche.observed_data)"
+        )
+    for name in ("variant", "outcome", "propensity"):
+        if name not in observed.variables or observed.variables[name].dims != ("visitor",):
+            raise ValueError(
+                f"observed needs a {name!r} coordinate along 'visitor'; found "
+                f"{sorted(map(str, observed.variables))}"
+            )
+    return visitor_keys(observed.indexes["visitor"])
+
+
+def _checked_covariate(
+    name: str, values: np.ndarray, keys: np.ndarray, earlier: Sequence[xr.Dataset]
+) -> np.ndarray:
+    """One covariate of a batch, refused unless every later fit can take it with the rest."""
+    values = np.asarray(values)
+    try:
+        kind = covariate_kind(values, name)
+    except TypeError as error:
+        raise ValueError(f"{error} (drop or convert the column before recording)") from None
+    missing = np.asarray(pd.isna(values), dtype=bool)
+    before = [np.asarray(d[name].values) for d in earlier]
+    kinds = [covariate_kind(v, name) for v in before if not pd.isna(v).all()]
+    if kinds and missing.all():  # nothing to compare: store it as the earlier batches
+        kind = kinds[0]
+        return np.full(values.size, np.nan, dtype=np.float64 if kind == "number" else object)
+    if kinds and kind != kinds[0]:
+        raise ValueError(
+            f"covariate {name!r} holds {kind} values in this batch but {kinds[0]} values in "
+            "the data recorded before; a covariate keeps one kind: convert the column"
+        )
+    if kind == "number":
+        with np.errstate(invalid="ignore"):
+            infinite = np.isinf(values.astype(np.float64))
+        _refuse_values(
+            infinite,
+            keys,
+            name,
+            "is infinite",
+            values,
+            "record a finite number, or leave it missing (NaN)",
+        )
+    elif kind == "bool":
+        _refuse_values(
+            missing,
+            keys,
+            name,
+            "is missing",
+            values,
+            "a boolean covariate needs a value for every visitor",
+        )
+    else:
+        _check_text_levels(name, values, missing, keys, before)
+        if missing.any():
+            values = np.where(missing, np.nan, _text(values)).astype(object)
+        else:
+            values = _text(values)
+    return values
+
+
+def _check_text_levels(name, values, missing, keys, before) -> None:
+    """Refuse a per-visitor text covariate (a session id, an e-mail).
+
+    That is: more distinct values over all visits than a fit takes, or a different value for
+    every one of at least ``MIN_ID_VISITORS`` visits (what :func:`pytyche.check_setup` calls
+    an identifier).
+    """
+    present = _text(values[~missing])
+    old = [_text(v[~np.asarray(pd.isna(v), dtype=bool)]) for v in before]
+    visits = np.concatenate([*old, present])
+    levels = pd.unique(visits).size
+    if levels > MAX_TEXT_LEVELS:
+        why = f"more than the {MAX_TEXT_LEVELS} a fit takes"
+    elif levels == visits.size >= MIN_ID_VISITORS:
+        why = "a different value for every visit: an identifier"
+    else:
+        return
+    shown = ", ".join(
+        f"{str(keys[i])!r} ({values[i]!r})" for i in np.flatnonzero(~missing)[:MAX_SHOWN]
+    )
+    raise ValueError(
+        f"covariate {name!r} has {levels:,} distinct text values over the {visits.size:,} "
+        f"visits recorded with this batch ({why}), e.g. visitors {shown}: a per-visitor value "
+        "(a session id, an e-mail) is no covariate; drop the column (or bucket it) before "
+        "recording; exp.remove_covariate(name, reason=...) removes it from what is already "
+        "recorded"
+    )
+
+
+def _refuse_values(bad, keys, column, problem, values, fix) -> None:
+    """Refuse a batch where ``column`` has a bad value, naming up to 5 visitors and values."""
+    bad = np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return
+    where = np.flatnonzero(bad)[:MAX_SHOWN]
+    shown = ", ".join(f"{str(keys[i])!r} ({_plain(values[i])!r})" for i in where)
+    raise ValueError(
+        f"column {column!r} {problem} for {int(bad.sum())} visitor(s): {shown}"
+        + (" ..." if bad.sum() > MAX_SHOWN else "")
+        + f"; {fix}. Nothing was recorded"
+    )
+
+
+def _text(values: Any) -> np.ndarray:
+    """Labels as an object array of str (no copy when they already are: the common case)."""
+    values = np.asarray(values)
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values
+    return values.astype(str).astype(object)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_reason(reason: Any) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError(
+            f"reason must be non-empty text (it is kept in the audit trail), got {reason!r}"
+        )
+    return reason
+
+
+def _event(action: str, details: Mapping[str, Any], reason: str) -> dict:
+    """An audit-trail entry (JSON-able)."""
+    return json.loads(
+        json.dumps({"time": _now(), "action": action, "details": dict(details), "reason": reason})
     )
 
 
@@ -974,7 +1326,8 @@ def logged_observed(assigned: pd.DataFrame, outcome: str = "outcome") -> xr.Data
     xarray.Dataset
         :func:`pytyche.observed_data` of the table split by ``arm`` (arms in order of first
         appearance), with ``visitor_id`` as the index and ``propensity``, ``cell``,
-        ``round``, ``segment`` kept as coordinates.
+        ``round``, ``segment`` kept as coordinates. A table whose visitors were all served
+        one arm (a single visitor, the control holdout) gives data of that one arm.
 
     Raises
     ------
@@ -985,4 +1338,26 @@ def logged_observed(assigned: pd.DataFrame, outcome: str = "outcome") -> xr.Data
         raise ValueError("assigned needs the 'arm' column that RoundPlan.assign adds")
     arms = list(pd.unique(assigned["arm"]))
     frames = [(str(a), assigned[assigned["arm"] == a].drop(columns="arm")) for a in arms]
-    return observed_data(frames, outcome=outcome)
+    if len(frames) != 1:
+        return observed_data(frames, outcome=outcome)
+    # A batch served one arm (one visitor, the control holdout): observed_data wants two
+    # arms, so a stand-in row under another name is stacked after it and cut off again.
+    (arm, frame), n = frames[0], len(frames[0][1])
+    stand_in = frame.iloc[:1].copy()
+    if "visitor_id" in frame.columns:
+        stand_in["visitor_id"] = _unused_id(frame["visitor_id"])
+    observed = observed_data([(arm, frame), (f"{arm} (stand-in)", stand_in)], outcome=outcome)
+    observed = observed.isel(visitor=slice(0, n))
+    observed.attrs["pytyche_arms"] = [arm]
+    return observed
+
+
+def _unused_id(ids: pd.Series) -> Any:
+    """An id of the same kind as ``ids`` (number or text) that none of them has."""
+    if pd.api.types.is_numeric_dtype(ids) and not pd.api.types.is_bool_dtype(ids):
+        return ids.max() + 1
+    taken = set(ids.astype(str))
+    candidate = "pytyche-stand-in"
+    while candidate in taken:
+        candidate += "_"
+    return candidate

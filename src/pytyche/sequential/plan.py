@@ -29,6 +29,7 @@ from .assign import choose_interval, visitor_covariates, visitor_keys, visitor_u
 
 __all__ = [
     "CELLS",
+    "FINISHED",
     "NO_SEGMENT",
     "RoundPlan",
     "check_arms",
@@ -36,6 +37,7 @@ __all__ = [
     "check_weight",
     "exploration_floor",
     "round_size",
+    "schedule_rounds",
 ]
 
 CELLS = ("control", "explore", "optimized")
@@ -43,6 +45,9 @@ CELLS = ("control", "explore", "optimized")
 NO_SEGMENT = -1
 DEFAULT_SCHEDULE = ("doubling", 1_000)
 PLAN_FORMAT = 1
+#: Status of the final plan after an explicit schedule's last round: it assigns nobody.
+FINISHED = "finished"
+MAX_SHOWN = 5
 
 
 # --------------------------------------------------------------------------- validation
@@ -190,6 +195,28 @@ def round_size(schedule: tuple, round_index: int) -> int:
     return int(value[round_index])
 
 
+def schedule_rounds(schedule: tuple) -> int | None:
+    """How many rounds a normalised schedule has: None for an open-ended one.
+
+    Parameters
+    ----------
+    schedule : tuple
+        As returned by :func:`check_schedule`.
+
+    Returns
+    -------
+    int or None
+        The length of an explicit schedule; None for ``doubling`` and ``fixed``.
+
+    Examples
+    --------
+    >>> schedule_rounds(("explicit", (1000, 2000))), schedule_rounds(("fixed", 500))
+    (2, None)
+    """
+    kind, value = schedule
+    return len(value) if kind == "explicit" else None
+
+
 def exploration_floor(weights: np.ndarray, epsilon: float) -> np.ndarray:
     """Raise weights below ``epsilon / K`` to it and rescale the rest, until stable.
 
@@ -260,9 +287,13 @@ class RoundPlan:
     status : str
         ``"initial"`` (no posterior yet), ``"burn-in"`` (optimized cell uniform until every
         active arm has enough recorded visitors, and for a hurdle fit enough converters) or
-        ``"optimized"``.
+        ``"optimized"``; ``"finished"`` for the final plan after an explicit schedule's last
+        round (size 0: it assigns nobody; its weights are the final recommendation).
     seed : int
         The experiment seed (the hash key of assignment).
+    experiment_id : str or None
+        The experiment id that salts the assignment hash (None: the unsalted hash of plans
+        written before experiments had ids).
     dropped : tuple of str
         Arms no longer served (dropped in this or an earlier round).
     graduation : list of dict
@@ -282,7 +313,8 @@ class RoundPlan:
         share of fitted visitors in no segment, the tree text.
     assigned : pandas.DataFrame
         Every assignment this plan has made (``visitor_id`` as text, ``cell``, ``segment``,
-        ``arm``, ``propensity``), first assignment of each visitor kept.
+        ``arm``, ``propensity``), first assignment of each visitor kept: one row per
+        ``visitor_id`` (unique).
     """
 
     def __init__(
@@ -297,6 +329,7 @@ class RoundPlan:
         optimized: Mapping[int, Mapping[str, float]],
         status: str,
         seed: int,
+        experiment_id: str | None = None,
         dropped: Sequence[str] = (),
         graduation: Sequence[Mapping[str, Any]] = (),
         prob_best: Mapping[int, Mapping[str, float]] | None = None,
@@ -323,6 +356,7 @@ class RoundPlan:
                 raise ValueError(f"optimized weights of segment {s} sum to {total}, not 1")
         self.status = str(status)
         self.seed = int(seed)
+        self.experiment_id = None if experiment_id is None else str(experiment_id)
         self.dropped = tuple(dropped)
         self.graduation = [dict(g) for g in graduation]
         self.prob_best = {int(k): dict(v) for k, v in (prob_best or {}).items()}
@@ -439,7 +473,10 @@ class RoundPlan:
         ``v`` picks the cell (intervals control ``[0, c)``, explore ``[c, c + e)``, optimized
         ``[c + e, 1)``), ``u`` the arm inside the cell (the cell's arm weights for the
         visitor's segment laid out as cumulative intervals in the experiment's arm order).
-        The same visitor in the same plan always gets the same row, whatever the row order.
+        The same visitor in the same plan always gets the same row, whatever the row order:
+        a visitor this plan already assigned gets the logged row again (even when their
+        covariates changed since: the log wins), and an id repeated in `visitors` gets the
+        row of its first occurrence.
         Across rounds a returning visitor stays in their cell and keeps their arm unless
         ``u`` leaves that arm's interval: the arm's weight in their segment and cell shrank,
         or an arm before it in arm order changed weight, or the visitor's segment changed.
@@ -463,7 +500,8 @@ class RoundPlan:
             When `visitors` is not a DataFrame.
         ValueError
             When the ``visitor_id`` column or a covariate a segment uses is missing, an id is
-            missing, or a column to add already exists.
+            missing, a column to add already exists, or the plan is the ``"finished"`` final
+            plan (it assigns nobody).
 
         Examples
         --------
@@ -486,10 +524,44 @@ class RoundPlan:
             raise ValueError(
                 f"visitors already has the column(s) {clash} that assign adds; drop them first"
             )
+        if self.status == FINISHED:
+            raise ValueError(
+                f"the experiment is finished: round {self.round} is its final plan (the "
+                "explicit schedule has no more rounds), which assigns nobody; serve its "
+                "recommendation or start a new experiment"
+            )
         keys = visitor_keys(visitors["visitor_id"].to_numpy(dtype=object))
-        cell_u, arm_u = visitor_uniforms(self.seed, keys)
         segment = self.segment_of(visitors)
         position = _positions(self.segment_ids, segment)
+        cell_index, arm_index = self._hash_choices(keys, position)
+        effective = self.effective_probability.values
+        batch = pd.DataFrame(
+            {
+                "visitor_id": keys,
+                "cell": np.array(CELLS, dtype=object)[cell_index],
+                "segment": segment,
+                "arm": np.array(self.arms, dtype=object)[arm_index],
+                "propensity": effective[position, arm_index],
+            }
+        )
+        # The log wins: visitors assigned before (or earlier in this batch) keep that row.
+        first = ~pd.Index(keys).duplicated(keep="first")
+        known = pd.Index(self.assigned["visitor_id"])
+        new = first & (known.get_indexer(keys) < 0) if len(known) else first
+        if new.any():
+            self.assigned = pd.concat([self.assigned, batch[new]], ignore_index=True)
+        log = batch  # every row new (the common case): its own row is the logged one
+        if not new.all():
+            log = self.assigned.iloc[pd.Index(self.assigned["visitor_id"]).get_indexer(keys)]
+        out = visitors.copy()
+        out["round"] = self.round
+        for name in ("cell", "segment", "arm", "propensity"):
+            out[name] = log[name].to_numpy()
+        return out
+
+    def _hash_choices(self, keys: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Cell and arm index of every visitor (``position``: row of their segment)."""
+        cell_u, arm_u = visitor_uniforms(self.seed, keys, self.experiment_id)
         # A cell of weight 0 has an empty interval and is never chosen.
         weights = np.array([self.cells[c] for c in CELLS])
         cell_index = choose_interval(np.broadcast_to(weights, (len(keys), 3)), cell_u)
@@ -499,28 +571,7 @@ class RoundPlan:
             if here.any():
                 table = self.cell_probability(cell).values[position[here]]
                 arm_index[here] = choose_interval(table, arm_u[here])
-        effective = self.effective_probability.values
-        out = visitors.copy()
-        out["round"] = self.round
-        out["cell"] = np.array(CELLS, dtype=object)[cell_index]
-        out["segment"] = segment
-        out["arm"] = np.array(self.arms, dtype=object)[arm_index]
-        out["propensity"] = effective[position, arm_index]
-        log = pd.DataFrame(
-            {
-                "visitor_id": keys,
-                "cell": out["cell"].to_numpy(),
-                "segment": segment,
-                "arm": out["arm"].to_numpy(),
-                "propensity": out["propensity"].to_numpy(),
-            }
-        )
-        self.assigned = (
-            pd.concat([self.assigned, log], ignore_index=True)
-            .drop_duplicates("visitor_id", keep="first")
-            .reset_index(drop=True)
-        )
-        return out
+        return cell_index, arm_index
 
     @property
     def policy_tree(self):
@@ -560,6 +611,7 @@ class RoundPlan:
             "optimized": {str(k): v for k, v in self.optimized.items()},
             "status": self.status,
             "seed": self.seed,
+            "experiment_id": self.experiment_id,
             "dropped": list(self.dropped),
             "graduation": self.graduation,
             "prob_best": {str(k): v for k, v in self.prob_best.items()},
@@ -603,6 +655,8 @@ class RoundPlan:
             optimized={int(k): v for k, v in data["optimized"].items()},
             status=data["status"],
             seed=data["seed"],
+            # Absent from descriptions written before experiments had ids: unsalted hash.
+            experiment_id=data.get("experiment_id"),
             dropped=data["dropped"],
             graduation=data["graduation"],
             prob_best={int(k): v for k, v in data["prob_best"].items()},
@@ -693,6 +747,8 @@ class RoundPlan:
                 have = ", ".join(f"{a} {converted.get(a, 0)}" for a in self.active)
                 text += f"; and {converters} converters (outcome > 0), so far {have}"
             return text
+        if self.status == FINISHED:
+            return "finished: the final plan after the schedule's last round; assigns nobody"
         return "per-segment Thompson weights"
 
     def __repr__(self) -> str:
@@ -805,5 +861,10 @@ def _plus_minus(p: float | None, mcse: float | None) -> str:
 
 def _positions(ids: Sequence[int], segment: np.ndarray) -> np.ndarray:
     """Row of each visitor's segment in a (segment, arm) table ordered like ``ids``."""
-    lookup = {s: i for i, s in enumerate(ids)}
-    return np.array([lookup[int(s)] for s in segment], dtype=np.int64)
+    position = pd.Index(np.asarray(ids, dtype=np.int64)).get_indexer(
+        np.asarray(segment, dtype=np.int64)
+    )
+    if (position < 0).any():
+        unknown = sorted(set(np.asarray(segment)[position < 0].tolist()))[:MAX_SHOWN]
+        raise KeyError(f"segment id(s) {unknown} are not in this plan (ids {list(ids)})")
+    return position.astype(np.int64)

@@ -19,6 +19,8 @@ from .plan import check_arms, check_schedule, round_size
 __all__ = ["POLICIES", "simulate_sequential"]
 
 POLICIES = ("sequential", "thompson", "uniform")
+# The experiment id of every simulated experiment (it salts the assignment hash).
+SIMULATION_ID = "pytyche-simulation"
 COVARIATES = ("device", "age", "returning", "visits")
 # Outcome noise of the simulated loop (outcomes are drawn around the true expected metric).
 LOG_SPEND_SD = 0.6
@@ -118,6 +120,8 @@ def simulate_sequential(
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     plan_schedule = check_schedule(schedule)
     options = dict(fit_options or {})
+    # One experiment id for the three policies: reproducible for a seed, and the same visitor
+    # hashes alike under each (common random numbers).
     experiments = {
         "sequential": sequential_experiment(
             arms,
@@ -125,6 +129,7 @@ def simulate_sequential(
             schedule=schedule,
             fit_options=options,
             seed=seed,
+            name=SIMULATION_ID,
             **experiment_options,
         ),
         "thompson": sequential_experiment(
@@ -133,6 +138,7 @@ def simulate_sequential(
             schedule=schedule,
             fit_options=options,
             seed=seed,
+            name=SIMULATION_ID,
             **{**experiment_options, "max_segment_depth": 0},
         ),
         "uniform": sequential_experiment(
@@ -140,6 +146,7 @@ def simulate_sequential(
             family=family,
             schedule=schedule,
             seed=seed,
+            name=SIMULATION_ID,
             min_control_weight=0.0,
             min_explore_weight=1.0,
         ),
@@ -213,7 +220,8 @@ def simulate_sequential(
                 seed=seed,
             )
             true_metric = (
-                pd.concat(truth_log[name]).loc[logged.indexes["visitor"].astype(str)].to_numpy()
+                # Rows of the log are visits ("id@round"); the truth is kept by visitor id.
+                pd.concat(truth_log[name]).loc[logged["visitor_id"].values.astype(str)].to_numpy()
             )
             pi = policy_probabilities(next_plan, logged, arms)
             out["ope_true"][p, r] = float((pi * true_metric).sum(axis=1).mean())
