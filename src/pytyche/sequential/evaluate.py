@@ -435,12 +435,29 @@ def _propensities(argument, logged: xr.Dataset, code: np.ndarray, arms: list[str
     return p
 
 
+def _distinct(values: np.ndarray) -> list[str]:
+    """The distinct values, in order of appearance: one vectorised pass per value found."""
+    found: list[str] = []
+    while values.size and len(found) < 64:
+        found.append(str(values[0]))
+        values = values[values != values[0]]
+    return found + [str(a) for a in pd.unique(values) if str(a) not in found]
+
+
+def _arm_codes(served: np.ndarray, arms: list[str]) -> np.ndarray:
+    """The column of `arms` of each served arm, -1 for another (a compare per arm: a few arms)."""
+    code = np.full(served.size, -1, dtype=np.int64)
+    for k, arm in enumerate(arms):
+        code[served == arm] = k
+    return code
+
+
 def _read_block(logged: xr.Dataset, arms: list[str], propensity) -> tuple[np.ndarray, ...]:
     """(arm served as a column of `arms`, outcome, propensity) of a block, checked."""
     served = np.asarray(logged["variant"].values)
     if served.dtype.kind not in "OU":
         served = served.astype(str)
-    code = pd.Index(arms).get_indexer(served)
+    code = _arm_codes(served, arms)
     if (code < 0).any():
         unknown = sorted(map(str, pd.unique(served[code < 0])))
         raise ValueError(f"logged arms {unknown[:SHOWN]} are not among the policy's arms {arms}")
@@ -532,14 +549,10 @@ def _policy_arms(policy, posterior, logged: xr.Dataset) -> list[str]:
     # The arms served, plus those the policy names (an arm the log never served is then
     # reported as unsupported rather than unknown).
     n = logged.sizes["visitor"]
-    served = pd.unique(
-        np.concatenate(
-            [
-                pd.unique(np.asarray(logged["variant"][start : start + BLOCK].values).astype(str))
-                for start in range(0, n, BLOCK)
-            ]
-        )
-    )
+    served: list[str] = []
+    for start in range(0, n, BLOCK):
+        block = np.asarray(logged["variant"][start : start + BLOCK].values)
+        served += [a for a in _distinct(block.astype(str)) if a not in served]
     named: list = []
     if isinstance(policy, str):
         named = [policy]
