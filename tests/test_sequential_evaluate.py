@@ -104,8 +104,12 @@ def test_bad_inputs_raise():
     logged, model = simulated_log(50, np.random.default_rng(3))
     for bad in (0.0, 1.5, np.nan):
         broken = logged.assign_coords(propensity=logged["propensity"].copy(data=np.full(50, bad)))
-        with pytest.raises(ValueError, match="propensities must lie in \\(0, 1\\]"):
+        with pytest.raises(ValueError, match=r"propensities must lie in \(0, 1\] .* 50 in visi"):
             evaluate_policy(broken, "A", estimator="ipw")
+    missing = logged["outcome"].values.copy()
+    missing[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"outcomes must be finite .* rows \[3, 7\]: \[nan, nan"):
+        evaluate_policy(logged.assign_coords(outcome=("visitor", missing)), "A", estimator="ipw")
     with pytest.raises(ValueError, match="needs a 'propensity' coordinate"):
         evaluate_policy(logged.drop_vars("propensity"), "A", estimator="ipw")
     with pytest.raises(ValueError, match="needs posterior="):
@@ -236,6 +240,8 @@ def test_a_plain_ab_table_takes_its_propensity_as_an_argument():
         evaluate_policy(uniform, "A", estimator="ipw", propensity=0.5)
     with pytest.raises(ValueError, match="propensity must be non-negative weights summing to 1"):
         evaluate_policy(table, "A", estimator="ipw", propensity={"control": 0.5, "A": 0.2})
+    with pytest.raises(ValueError, match=r"for each of the 3 arms served sums to 1.5 > 1"):
+        evaluate_policy(table, "A", estimator="ipw", propensity=0.5)
     with pytest.raises(ValueError, match=r"needs a 'propensity' coordinate .*\(or give propen"):
         evaluate_policy(table, "A", estimator="ipw")
 
@@ -325,3 +331,15 @@ def test_repeated_visitor_ids_give_a_clear_error_or_match_by_row():
     shuffled = model.isel(visitor=np.arange(40)[::-1])
     with pytest.raises(ValueError, match=r"visitor ids repeat in the outcome model's visitors"):
         evaluate_policy(logged, {"control": 0.5, "A": 0.5}, posterior=shuffled)
+
+
+def test_bad_rows_are_named_by_their_place_in_the_whole_log(monkeypatch):
+    from pytyche.sequential import evaluate as module
+
+    monkeypatch.setattr(module, "BLOCK", 2 * module.BOOTSTRAP_ROWS)
+    logged, _ = simulated_log(10_000, np.random.default_rng(12))
+    propensity = logged["propensity"].values.copy()
+    propensity[[5_000, 9_999]] = 0.0
+    broken = logged.assign_coords(propensity=("visitor", propensity))
+    with pytest.raises(ValueError, match=r"rows 4096-8191 .* rows \[5000\]: \[0.0\]"):
+        evaluate_policy(broken, "A", estimator="ipw")

@@ -452,8 +452,10 @@ def _arm_codes(served: np.ndarray, arms: list[str]) -> np.ndarray:
     return code
 
 
-def _read_block(logged: xr.Dataset, arms: list[str], propensity) -> tuple[np.ndarray, ...]:
-    """(arm served as a column of `arms`, outcome, propensity) of a block, checked."""
+def _read_block(
+    logged: xr.Dataset, start: int, arms: list[str], propensity
+) -> tuple[np.ndarray, ...]:
+    """(arm served as a column of `arms`, outcome, propensity) of the block from row `start`."""
     served = np.asarray(logged["variant"].values)
     if served.dtype.kind not in "OU":
         served = served.astype(str)
@@ -463,20 +465,16 @@ def _read_block(logged: xr.Dataset, arms: list[str], propensity) -> tuple[np.nda
         raise ValueError(f"logged arms {unknown[:SHOWN]} are not among the policy's arms {arms}")
     y = np.asarray(logged["outcome"].values, dtype=np.float64)
     p = _propensities(propensity, logged, code, arms)
-    for values, name, bad in (
-        (p, "propensities must lie in (0, 1] and not be missing", ~((p > 0) & (p <= 1))),
+    why = "importance weights need the probability with which each served arm was chosen"
+    for values, what, bad in (
+        (p, f"propensities must lie in (0, 1] and not be missing ({why})", ~((p > 0) & (p <= 1))),
         (y, "outcomes must be finite numbers", ~np.isfinite(y)),
     ):
         if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+            rows = np.flatnonzero(bad)[:SHOWN]
             raise ValueError(
-                f"{name}: {int(bad.sum())} are not (first at visitor row {i}: {values[i]!r})"
-                + (
-                    "; importance weights need the probability with which each served arm was "
-                    "chosen"
-                    if values is p
-                    else ""
-                )
+                f"{what}: {int(bad.sum())} in visitor rows {start}-{start + len(y) - 1} are "
+                f"not, e.g. rows {(rows + start).tolist()}: {values[rows].tolist()}"
             )
     return code, y, p
 
@@ -510,6 +508,16 @@ def _check_arguments(estimator, ci, n_bootstrap, posterior, propensity) -> None:
             )
         if not 0.0 < float(propensity) <= 1.0:
             raise ValueError(f"propensity must lie in (0, 1], got {propensity!r}")
+
+
+def _check_scalar_propensity(propensity, arms_served: int) -> None:
+    """One propensity for every arm served: together they cannot exceed 1."""
+    if isinstance(propensity, Real) and arms_served * float(propensity) > 1.0 + SUM_TOLERANCE:
+        raise ValueError(
+            f"propensity={propensity!r} for each of the {arms_served} arms served sums to "
+            f"{arms_served * float(propensity):g} > 1; give the probability of each "
+            f"assignment (1/{arms_served} for a uniform test) or {{arm: probability}}"
+        )
 
 
 def _as_log(logged, propensity) -> xr.Dataset:
@@ -664,7 +672,7 @@ def evaluate_policy(
     group_sizes = np.zeros(0, dtype=np.int64)
     for start in range(0, n, BLOCK):
         block = logged.isel(visitor=slice(start, start + BLOCK)).compute()
-        code, y, p = _read_block(block, arms, propensity)
+        code, y, p = _read_block(block, start, arms, propensity)
         table = _policy_table(policy, block, arms)
         if support is None:
             support = _Support(table.rows, table.labels)
@@ -685,6 +693,7 @@ def evaluate_policy(
         sums.add(start, score, np.ones_like(score))
     assert support is not None  # the log has visitors (_as_log)
     support.check(arms, group_sizes)
+    _check_scalar_propensity(propensity, int((support.served.sum(axis=0) > 0).sum()))
     return _result(sums, support.bounds(), weights, estimator, float(ci), n_bootstrap)
 
 
