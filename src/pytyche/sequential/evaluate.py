@@ -128,6 +128,7 @@ def _policy_table(policy, logged: xr.Dataset, arms: list[str]) -> _PolicyTable:
         ids = [int(s) for s in full["segment"].values]
         segment = policy.segment_of(_covariate_frame(logged))
         group = pd.Index(ids).get_indexer(segment).astype(np.int64)
+        assert (group >= 0).all()  # segment_of returns the plan's ids or -1, all in the table
         return _PolicyTable(full.values, group, [f"segment {s}" for s in ids])
     if isinstance(policy, str):
         row = _weight_row({policy: 1.0}, arms, f"the fixed arm {policy!r}")
@@ -345,7 +346,7 @@ class _Sums:
         return numerator / denominator
 
 
-def skew_corrected_interval(
+def _skew_corrected_interval(
     estimate: float, se: float, skew: float, n: int, ci: float
 ) -> tuple[float, float]:
     """Hall's (1992) skewness-corrected interval for a mean of `n` influence values.
@@ -708,7 +709,7 @@ def _result(sums: _Sums, bounds, weights, estimator: str, ci: float, n_bootstrap
         z = float(norm.ppf(0.5 + ci / 2.0))
         lower, upper, interval = value - z * se, value + z * se, "normal"
     else:
-        lower, upper = skew_corrected_interval(value, se, skew, sums.n, ci)
+        lower, upper = _skew_corrected_interval(value, se, skew, sums.n, ci)
         interval = "skew-corrected"
     lower, upper = np.clip([lower, upper], *bounds)
     total, squares, largest = weights
