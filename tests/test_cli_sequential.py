@@ -177,9 +177,9 @@ def test_a_whole_loop_through_the_cli_equals_the_api(tmp_path, capsys, fake_fit)
     # evaluate: a plan (doubly robust, with the written posterior), segment weights, a split
     call(["plan", store, "--out", tmp_path / "plan1.json"], capsys)
     argv = ["evaluate", store, "--plan", tmp_path / "plan1.json", "--posterior", posterior]
-    code, out, _ = call([*argv, "--bootstrap", "20", "--out", tmp_path / "dr.json"], capsys)
+    code, out, _ = call([*argv, "--bootstrap", "200", "--out", tmp_path / "dr.json"], capsys)
     assert code == 0 and "(dr)" in out
-    want = evaluate_policy(api.recorded(), plan, posterior=api.posterior, n_bootstrap=20)
+    want = evaluate_policy(api.recorded(), plan, posterior=api.posterior, n_bootstrap=200)
     got = json.loads((tmp_path / "dr.json").read_text())
     for name in ("estimate", "lower", "upper", "effective_sample_size", "max_weight"):
         assert got[name] == pytest.approx(float(want[name]), rel=1e-9), name
@@ -303,6 +303,24 @@ def test_bad_input_is_one_line_exit_2_and_the_store_is_unchanged(argv, message, 
     assert message.format(tmp=stores) in err
     assert {name: tree_digest(stores / name) for name in digests} == digests
     assert not (stores / "new").exists() and not (stores / "a.csv").exists()
+
+
+def test_evaluate_without_support_is_one_line_exit_2(stores, capsys):
+    # A segment of visitors of one age, given an arm none of them was served.
+    logged = pt.open_experiment(stores / "recorded").recorded()
+    served = pd.DataFrame({"age": logged["age"].values, "arm": logged["variant"].values})
+    by_age = served.groupby("age")["arm"].agg(set)
+    age, unserved = next((a, sorted(set(ARMS) - s)[0]) for a, s in by_age.items() if s != set(ARMS))
+    weights = [
+        {"id": 0, "rule": f"age == {age}", "weights": {unserved: 1.0}},
+        {"id": -1, "weights": {a: 1 / 3 for a in ARMS}},
+    ]
+    (stores / "unsupported.json").write_text(json.dumps(weights))
+    argv = ["evaluate", stores / "recorded", "--segments", stores / "unsupported.json"]
+    err = one_line_error(*call(argv, capsys)[::2])
+    assert "--segments: no support: " in err and f"{unserved!r} in segment 0" in err
+    argv = ["evaluate", stores / "recorded", "--arm", "A", "--bootstrap", "20"]
+    assert "too few for a 90% percentile interval" in one_line_error(*call(argv, capsys)[::2])
 
 
 @pytest.mark.parametrize(

@@ -908,7 +908,8 @@ def evaluate_command(args) -> None:
     ------
     BadInput
         For bad input: a policy file or weights that cannot be read, a rule on an unknown
-        covariate, weights that do not sum to 1, an arm the experiment lacks.
+        covariate, weights that do not sum to 1, an arm the experiment lacks, a policy
+        without support in the recorded visitors, too few bootstrap resamples.
     """
     check_experiment_path(args.store)
     if args.out is not None:
@@ -960,10 +961,11 @@ def evaluate_command(args) -> None:
         "estimator": estimator,
         **{name: float(result[name]) for name in result.data_vars},
         "ci": float(result.attrs["ci"]),
+        "interval": str(result.attrs["interval"]),
         "n_bootstrap": int(result.attrs["n_bootstrap"]),
         "n_visitors": int(result.attrs["n_visitors"]),
     }
-    interval = "bootstrap" if document["n_bootstrap"] else "normal"
+    interval = document["interval"]
     print(
         f"Off-policy value of {described} on {document['n_visitors']:,} recorded visitors "
         f"({estimator}): {document['estimate']:.4g} per visitor, {document['ci']:.0%} "
@@ -1284,8 +1286,9 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     evaluate.add_argument(
         "--bootstrap",
         type=bounded_int(0, MAX_BOOTSTRAP),
-        default=200,
-        help="bootstrap resamples of the visitors (0: a normal interval; default 200)",
+        default=None,
+        help="bootstrap resamples of the visitors, at least 10 / (1 - ci) (default: none, a "
+        "deterministic skewness-corrected interval; 0: a normal interval)",
     )
     evaluate.add_argument("--seed", **{**seed, "help": "seed of the bootstrap"})
     evaluate.add_argument(
