@@ -150,20 +150,24 @@ def test_a_policy_serving_an_arm_the_log_never_served_is_refused():
     for estimator in ("ipw", "snips", "dr"):
         with pytest.raises(ValueError, match=r"no support: 100.0% of the policy's mass .*'B'"):
             evaluate_policy(logged, "B", estimator=estimator, posterior=model)
-    with pytest.raises(ValueError, match=r"no support: 25.0% .* 'B'"):
+    with pytest.raises(ValueError, match=r"no support: 25.0% .*'B'"):
         evaluate_policy(logged, {"control": 0.5, "A": 0.25, "B": 0.25}, posterior=model)
     # Without an outcome model the arm is not even among the log's arms: still no support.
     with pytest.raises(ValueError, match=r"no support: 100.0% .*'B'"):
         evaluate_policy(logged, "B", estimator="ipw")
 
 
-def test_a_segment_never_served_the_arm_its_policy_gives_it_is_refused():
-    # B was served on mobile only; the policy gives B to desktop (half the visitors).
+def test_a_segment_never_served_an_arm_served_elsewhere_is_reported_not_refused():
+    # B was served on mobile only (a positive propensity everywhere); the policy gives B to
+    # desktop (half the visitors): sampling, not missing support.
     served = np.where(np.arange(100) % 2 == 0, np.tile(["B", "B", "A", "A"], 25), "control")
     logged = two_arm_log(served, np.ones(100))
     policy = ({0: {"A": 1.0}, 1: {"B": 1.0}}, {0: "device == 'mobile'", 1: "device == 'desktop'"})
-    with pytest.raises(ValueError, match=r"no support: 50.0% .*'B' in segment 1"):
-        evaluate_policy(logged, policy, estimator="ipw")
+    result = evaluate_policy(logged, policy, estimator="ipw")
+    assert float(result["unsupported_share"]) == 0.5
+    both = ({0: {"A": 0.5, "B": 0.5}}, {0: "device == 'mobile'"})
+    both[0][-1] = {"control": 1.0}
+    assert float(evaluate_policy(logged, both, estimator="ipw")["unsupported_share"]) == 0.0
 
 
 def test_snips_bootstrap_with_empty_resamples_is_refused_not_nan():

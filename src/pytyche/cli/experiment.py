@@ -974,6 +974,13 @@ def evaluate_command(args) -> None:
         f"{document['effective_sample_size']:,.0f}, largest importance weight "
         f"{document['max_weight']:.3g}"
     )
+    if document["unsupported_share"] > 0:
+        print(
+            f"pytyche: warning: {document['unsupported_share']:.1%} of the policy's mass is on "
+            "(segment, arm) pairs no recorded visitor of that segment was served; the estimate "
+            "leans on the propensities there",
+            file=sys.stderr,
+        )
     if args.out is not None:
         write_json(args.out, {k: _finite(v) for k, v in document.items()})
         print(f"wrote the estimate to {args.out}", file=sys.stderr)

@@ -388,23 +388,26 @@ class _Support:
         self.lowest = min(self.lowest, float(y.min()))
         self.binary = self.binary and bool(((y == 0) | (y == 1)).all())
 
-    def check(self, arms: list[str], group_sizes: np.ndarray) -> None:
-        """Refuse a policy that puts mass where the log served nobody."""
-        unsupported = (self.rows > 0) & (self.served == 0) & (group_sizes[:, None] > 0)
-        if not unsupported.any():
-            return
-        mass = (self.rows * group_sizes[:, None])[unsupported].sum() / group_sizes.sum()
-        where = [
-            f"{arms[k]!r}" + (f" in {self.labels[g]}" if self.labels[g] else "")
-            for g, k in zip(*np.nonzero(unsupported), strict=True)
-        ]
-        raise ValueError(
-            f"no support: {mass:.1%} of the policy's mass goes to arm(s) the log never served "
-            f"those visitors: {', '.join(where[:SHOWN])}"
-            + (f" and {len(where) - SHOWN} more" if len(where) > SHOWN else "")
-            + "; the log says nothing about them: evaluate a policy that serves only arms "
-            "the log has served, or log those arms first"
-        )
+    def check(self, arms: list[str], group_sizes: np.ndarray) -> float:
+        """Refuse a policy that serves an arm the log never served; return the thin share.
+
+        An arm served somewhere in the log had a positive logged propensity, so a segment
+        whose visitors happen never to have drawn it is sampling, not missing support: its
+        share of the policy's mass is returned (``unsupported_share``), not refused.
+        """
+        never = (self.rows * group_sizes[:, None]).sum(axis=0) > 0
+        never &= self.served.sum(axis=0) == 0
+        total = group_sizes.sum()
+        if never.any():
+            mass = (self.rows[:, never] * group_sizes[:, None]).sum() / total
+            raise ValueError(
+                f"no support: {mass:.1%} of the policy's mass goes to arm(s) "
+                f"{[arms[k] for k in np.flatnonzero(never)]} that the log never served; the "
+                "log says nothing about them: evaluate a policy that serves only arms the log "
+                "has served, or log those arms first"
+            )
+        thin = (self.rows > 0) & (self.served == 0) & (group_sizes[:, None] > 0)
+        return float((self.rows * group_sizes[:, None])[thin].sum() / total)
 
     def bounds(self) -> tuple[float, float]:
         """The metric's range as the outcomes show it: [0, 1], [0, ∞) or unbounded."""
@@ -604,9 +607,11 @@ def evaluate_policy(
     clipped to [0, 1], and when none is negative to [0, ∞) (the estimate itself is not
     clipped: IPW's can leave the range).
 
-    A policy that gives an arm probability where the log served nobody that arm (no
-    visitor of the policy's segment, or no visitor at all) has no support: the data cannot
-    say what it would earn, and this function refuses it.
+    A policy that gives probability to an arm the log never served has no support: the data
+    cannot say what it would earn, and this function refuses it. A segment of the policy
+    whose logged visitors happen never to have been served one of its arms (that arm was
+    served elsewhere, so its logged propensity was positive) is sampling noise, not missing
+    support: its share of the policy's mass is reported as ``unsupported_share``.
 
     Parameters
     ----------
@@ -638,8 +643,8 @@ def evaluate_policy(
     -------
     xarray.Dataset
         Scalars ``estimate``, ``lower``, ``upper``, ``standard_error``,
-        ``effective_sample_size`` (``(Σw)² / Σw²``) and ``max_weight``; attrs ``estimator``,
-        ``ci``, ``interval`` ("skew-corrected", "normal" or "bootstrap"), ``n_bootstrap``,
+        ``effective_sample_size`` (``(Σw)² / Σw²``), ``max_weight`` and
+        ``unsupported_share``; attrs ``estimator``, ``ci``, ``interval`` ("skew-corrected", "normal" or "bootstrap"), ``n_bootstrap``,
         ``n_visitors``, ``bounds`` (the range the interval was clipped to).
 
     Raises
@@ -693,9 +698,10 @@ def evaluate_policy(
             score = (table.rows[table.group] * m).sum(axis=1) + w * (y - m[rows, code])
         sums.add(start, score, np.ones_like(score))
     assert support is not None  # the log has visitors (_as_log)
-    support.check(arms, group_sizes)
+    thin = support.check(arms, group_sizes)
     _check_scalar_propensity(propensity, int((support.served.sum(axis=0) > 0).sum()))
-    return _result(sums, support.bounds(), weights, estimator, float(ci), n_bootstrap)
+    result = _result(sums, support.bounds(), weights, estimator, float(ci), n_bootstrap)
+    return result.assign(unsupported_share=thin)
 
 
 def _result(sums: _Sums, bounds, weights, estimator: str, ci: float, n_bootstrap) -> xr.Dataset:
