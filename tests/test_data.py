@@ -465,9 +465,7 @@ def test_ordered_categorical_must_agree_across_arms(kwargs, match):
         pt.observed_data(history_frames(**kwargs), outcome="spend")
 
 
-@pytest.mark.parametrize(
-    "raw", [[], ["a", "a"], [1, 2], "not-a-list-but-ok", {"a": 1}]
-)
+@pytest.mark.parametrize("raw", [[], ["a", "a"], [1, 2], "not-a-list-but-ok", {"a": 1}])
 def test_ordered_levels_attribute_is_checked(raw):
     attrs = {"pytyche_ordered_levels": raw}
     variable = xr.Variable("visitor", np.array(["a"], dtype=object), attrs)

@@ -356,9 +356,7 @@ def test_ordered_text_leaves_are_contiguous_ranges_where_unordered_text_groups_f
     for levels in leaf_levels(ordered):
         ranks = [ORDERED.index(level) for level in levels]
         assert ranks == list(range(ranks[0], ranks[0] + len(ranks))), levels
-    text = pt.fit_policy_tree(
-        ordered_posterior(gains, ordered=False), max_depth=1, n_bootstrap=0
-    )
+    text = pt.fit_policy_tree(ordered_posterior(gains, ordered=False), max_depth=1, n_bootstrap=0)
     assert sorted(map(sorted, leaf_levels(text))) == [
         ["absurd", "extreme", "low", "medium"],
         ["high", "very high"],

@@ -726,7 +726,7 @@ class SequentialExperiment:
             if flagged:
                 warnings.warn(
                     f"sample ratio mismatch in round {plan.round}: p = {p:.3g} (threshold "
-                    "0.001); recorded counts per (cell, arm) differ from the plan's; check the "
+                    "0.001); recorded counts per (segment, cell, arm) differ from the plan's; check the "
                     "assignment and logging before trusting this round",
                     SampleRatioMismatchWarning,
                     stacklevel=2,
