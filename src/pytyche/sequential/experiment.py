@@ -726,8 +726,8 @@ class SequentialExperiment:
             if flagged:
                 warnings.warn(
                     f"sample ratio mismatch in round {plan.round}: p = {p:.3g} (threshold "
-                    "0.001); recorded counts per (segment, cell, arm) differ from the plan's; check the "
-                    "assignment and logging before trusting this round",
+                    "0.001); recorded counts per (segment, cell, arm) differ from the plan's; "
+                    "check the assignment and logging before trusting this round",
                     SampleRatioMismatchWarning,
                     stacklevel=2,
                 )
