@@ -645,7 +645,8 @@ def evaluate_policy(
         Scalars ``estimate``, ``lower``, ``upper``, ``standard_error``,
         ``effective_sample_size`` (``(Σw)² / Σw²``), ``max_weight`` and
         ``unsupported_share``; attrs ``estimator``, ``ci``, ``interval`` ("skew-corrected",
-        "normal" or "bootstrap"), ``n_bootstrap``, ``n_visitors``, ``bounds`` (the range the interval was clipped to).
+        "normal" or "bootstrap"), ``n_bootstrap``, ``n_visitors``, ``bounds`` (the range
+        the interval was clipped to).
 
     Raises
     ------
