@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import xarray as xr
 from growthbook import GrowthBook
-from growthbook.core import evalCondition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,11 +29,15 @@ from pytyche.sequential.plan import CELLS
 
 from strategies import RULE_COVARIATES, covariate_values, typed_rules
 
+try:
+    from growthbook.core import evalCondition
+except ImportError:  # growthbook before 1.1 is a single module
+    from growthbook import evalCondition  # type: ignore[attr-defined,no-redef]
+
 ARMS = ["control", "A", "B"]
 FEATURE = "checkout"
-# 200,000 visitors take about a minute in the pure-Python SDK: the test serves fewer and
-# benchmarks/bench_growthbook.py gives the 200,000-visitor table.
-N_SHARES = 40_000
+# The pure-Python SDK serves 200,000 visitors in about 35 s (benchmarks/bench_growthbook.py).
+N_SHARES = 200_000
 
 
 def demo_plan(seed=42, optimized=None, round=1):

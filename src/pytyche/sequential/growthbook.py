@@ -66,9 +66,10 @@ def growthbook_condition(rule: SegmentRule | str) -> dict[str, Any]:
 
     The condition matches the visitors :func:`pytyche.membership` puts in the segment,
     missing values included: a visitor whose attribute is absent, ``null`` or NaN matches no
-    clause on it, negated ones (``!=``, ``not in``) included. So ``!=`` and ``not in`` on
-    text and booleans also ask the attribute's ``$type`` (``$exists`` would let NaN through),
-    and on numbers are written as ``$lt``/``$gt`` pairs, which no NaN or ``null`` passes.
+    clause on it, negated ones (``!=``, ``not in``) included. So every clause but ``==`` and
+    ``in`` also asks the attribute's ``$type`` (``$exists`` would let a NaN through, and
+    JavaScript orders ``null`` as 0), and ``!=``/``not in`` on numbers are written as
+    below-or-above pairs, which a NaN never is.
 
     Parameters
     ----------
@@ -90,7 +91,7 @@ def growthbook_condition(rule: SegmentRule | str) -> dict[str, Any]:
     Examples
     --------
     >>> growthbook_condition("device == 'mobile' and age > 40")
-    {'$and': [{'device': {'$eq': 'mobile'}}, {'age': {'$gt': 40}}]}
+    {'$and': [{'device': {'$eq': 'mobile'}}, {'age': {'$type': 'number', '$gt': 40}}]}
     >>> growthbook_condition("plan != 'pro'")
     {'plan': {'$type': 'string', '$ne': 'pro'}}
     """
@@ -113,16 +114,20 @@ def _clause_condition(clause: Clause) -> dict[str, Any]:
         return {name: {"$eq": literals[0]}}
     if clause.op == "in":
         return {name: {"$in": literals}}
+    # JavaScript orders null as 0 (null < 1 holds): ordered operators first ask for a number.
+    number = {"$type": "number"}
     if clause.op in ("<", "<=", ">", ">="):
         operator = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}[clause.op]
-        return {name: {operator: literals[0]}}
+        return {name: {**number, operator: literals[0]}}
     if kind != "number":  # != and not in on text or booleans: present and of that type
         negated = {"$ne": literals[0]} if clause.op == "!=" else {"$nin": literals}
         return {name: {"$type": _GUARD[kind], **negated}}
-    if clause.op == "!=":
-        return {"$or": [{name: {"$lt": literals[0]}}, {name: {"$gt": literals[0]}}]}
-    # not in on numbers: a number (<= 0 or > 0, which NaN and null are not) outside the set.
-    return {"$or": [{name: {"$lte": 0, "$nin": literals}}, {name: {"$gt": 0, "$nin": literals}}]}
+    if clause.op == "!=":  # below or above: a NaN is neither
+        below, above = {**number, "$lt": literals[0]}, {**number, "$gt": literals[0]}
+        return {"$or": [{name: below}, {name: above}]}
+    # not in on numbers: a number <= 0 or > 0 (a NaN is neither) outside the set.
+    low, high = {**number, "$lte": 0, "$nin": literals}, {**number, "$gt": 0, "$nin": literals}
+    return {"$or": [{name: low}, {name: high}]}
 
 
 def _kind(literal: Any) -> str:
