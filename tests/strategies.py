@@ -55,3 +55,38 @@ def chunkings(draw, ds):
 
 
 epsilons = st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))
+
+
+# Typed rules over fixed covariates, and visitors' values for them (missing ones included):
+# for checking a rule's translations against pt.membership.
+RULE_COVARIATES = {"age": "number", "device": "text", "returning": "bool"}
+rule_numbers = st.one_of(
+    st.integers(-(2**53), 2**53), st.floats(allow_nan=False, allow_infinity=False)
+)
+rule_texts = st.one_of(
+    st.sampled_from(["mobile", "desktop", "", "$in", "a.b"]), st.text(max_size=4)
+)
+_RULE_VALUES = {"number": rule_numbers, "text": rule_texts, "bool": st.booleans()}
+
+
+@st.composite
+def typed_clauses(draw):
+    """A clause on one of RULE_COVARIATES with literals of its kind."""
+    name = draw(st.sampled_from(sorted(RULE_COVARIATES)))
+    kind = RULE_COVARIATES[name]
+    ops = ["==", "!=", "in", "not in"] + (["<", "<=", ">", ">="] if kind == "number" else [])
+    op = draw(st.sampled_from(ops))
+    values = _RULE_VALUES[kind]
+    if op in ("in", "not in"):
+        return pt.Clause(name, op, tuple(draw(st.lists(values, min_size=1, max_size=3))))
+    return pt.Clause(name, op, draw(values))
+
+
+typed_rules = st.lists(typed_clauses(), max_size=4).map(lambda cs: pt.SegmentRule(tuple(cs)))
+# A visitor's value of a covariate: of its kind, or missing (None; NaN too for numbers).
+_MISSING = st.sampled_from([None, float("nan")])
+covariate_values = {
+    "number": st.one_of(_MISSING, rule_numbers, st.sampled_from([float("inf"), float("-inf")])),
+    "text": st.one_of(st.none(), rule_texts),
+    "bool": st.one_of(st.none(), st.booleans()),
+}

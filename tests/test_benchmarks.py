@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY_ARGS = {
     "bench_allocation.py": "--visitors 3000 --draws 20 --repeat 1",
     "bench_fit.py": "--visitors 300 --draws 5 --trees-mu 5 --trees-tau 3",
+    "bench_growthbook.py": "--visitors 3000 --loop-sizes 600,600",
     "bench_fit_scale.py": (
         "--visitors 2000 --train 500 --draws 5 --trees-mu 5 --trees-tau 3 "
         "--compare-visitors 1000 --dir {tmp}"

@@ -39,6 +39,7 @@ from ..sequential import (
     SampleRatioMismatchWarning,
     SequentialExperiment,
     evaluate_policy,
+    exposures_from_growthbook,
     logged_observed,
     open_experiment,
     save_experiment,
@@ -77,6 +78,7 @@ __all__ = [
     "plan_command",
     "read_experiment",
     "record_command",
+    "record_growthbook",
     "remove_command",
     "srm_command",
     "srm_document",
@@ -100,14 +102,20 @@ EXAMPLES = {
         "Without --seed a random seed is drawn (printed and kept in the store); the assignment\n"
         "hash is keyed by the seed and salted by --name (default: a random experiment id)."
     ),
-    "plan": "example:\n  pytyche plan experiment.pytyche --out plan.json",
+    "plan": (
+        "examples:\n  pytyche plan experiment.pytyche --out plan.json\n"
+        "  pytyche plan experiment.pytyche --format growthbook --feature checkout "
+        "--out features.json"
+    ),
     "assign": (
         "example (VISITORS: a visitor_id column and the covariates the segments use):\n"
         "  pytyche assign experiment.pytyche visitors.csv --out assigned.csv"
     ),
     "record": (
-        "example (OUTCOMES: assign's output with an outcome column added):\n"
-        "  pytyche record experiment.pytyche outcomes.csv --outcome revenue"
+        "examples (OUTCOMES: assign's output with an outcome column added; or GrowthBook's\n"
+        "exposures: experiment_key, variation_id, visitor_id, the outcome, the covariates):\n"
+        "  pytyche record experiment.pytyche outcomes.csv --outcome revenue\n"
+        "  pytyche record experiment.pytyche exposures.csv --format growthbook"
     ),
     "remove": (
         "examples (removals are kept in the store's audit trail):\n"
@@ -429,14 +437,35 @@ def plan_command(args) -> None:
         For bad input, before any work.
     """
     check_experiment_path(args.store)
+    if args.format == "growthbook" and args.out is None:
+        raise BadInput("--format growthbook writes the features JSON: give it --out FILE.json")
     if args.out is not None:
         check_output_file(args.out)
     experiment = read_experiment(args.store)
     print(experiment.summary())
-    if args.out is not None:
-        plan = experiment.plan()
-        write_json(args.out, plan.to_dict())
-        print(f"wrote the round {plan.round} plan to {args.out}", file=sys.stderr)
+    if args.out is None:
+        return
+    plan = experiment.plan()
+    if args.format == "growthbook":
+        feature = args.feature or _feature_key(args.store)
+        try:
+            features = plan.to_growthbook(feature, hash_attribute=args.hash_attribute)
+        except ValueError as error:
+            raise BadInput(f"--format growthbook: {one_line(error)}") from None
+        write_json(args.out, features)
+        print(
+            f"wrote the round {plan.round} plan as the GrowthBook feature {feature!r} to "
+            f"{args.out}",
+            file=sys.stderr,
+        )
+        return
+    write_json(args.out, plan.to_dict())
+    print(f"wrote the round {plan.round} plan to {args.out}", file=sys.stderr)
+
+
+def _feature_key(store: Path) -> str:
+    """The default GrowthBook feature key: the store's name without its suffix."""
+    return store.resolve().name.split(".")[0] or "pytyche"
 
 
 def _table_writer(path: Path) -> Callable[[pd.DataFrame], Path]:
@@ -515,6 +544,8 @@ def record_command(args) -> None:
         For bad input; the store is then left as it was.
     """
     check_experiment_path(args.store)
+    if getattr(args, "format", "pytyche") == "growthbook":
+        return record_growthbook(args)
     table = read_table(args.outcomes, "OUTCOMES", text_columns=("visitor_id",))
     needed = ["visitor_id", *ASSIGNED_COLUMNS]
     missing = [c for c in needed if c not in table.columns]
@@ -604,6 +635,42 @@ def remove_command(args) -> None:
             raise BadInput(one_line(error)) from None
         save_experiment(experiment, args.store)
     print(f"{what} (reason: {args.reason}); wrote {args.store}")
+
+
+def record_growthbook(args) -> None:
+    """``pytyche record --format growthbook``: record GrowthBook exposures joined with outcomes.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments: OUTCOMES holds ``experiment_key``, ``variation_id``,
+        ``visitor_id``, the outcome and the covariates (see
+        :func:`pytyche.sequential.exposures_from_growthbook`).
+
+    Raises
+    ------
+    BadInput
+        For bad input; the store is then left as it was.
+    """
+    table = read_table(args.outcomes, "OUTCOMES", text_columns=("visitor_id", "experiment_key"))
+    if args.outcome not in table.columns:
+        raise BadInput(
+            f"--outcome: {args.outcomes} has no column {args.outcome!r}; columns: "
+            f"{[str(c) for c in table.columns]}"
+        )
+    with locked(args.store):
+        experiment = read_experiment(args.store)
+        try:
+            observed = exposures_from_growthbook(table, experiment.plan(), outcome=args.outcome)
+            experiment.record(observed)
+        except (TypeError, ValueError) as error:
+            raise BadInput(f"OUTCOMES: {args.outcomes}: {one_line(error)}") from None
+        save_experiment(experiment, args.store)
+    plan = experiment.plan()
+    print(
+        f"recorded {observed.sizes['visitor']:,} GrowthBook exposure(s) in round {plan.round}; "
+        f"wrote {args.store}"
+    )
 
 
 def advance_command(args) -> None:
@@ -1148,6 +1215,24 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="PLAN.json",
         help="also write the plan (RoundPlan.to_dict()) here, atomically",
     )
+    plan.add_argument(
+        "--format",
+        choices=("pytyche", "growthbook"),
+        default="pytyche",
+        help="--out as pytyche's plan JSON (default) or GrowthBook features JSON",
+    )
+    plan.add_argument(
+        "--feature",
+        default=None,
+        metavar="KEY",
+        help="GrowthBook feature key (default: the store's name without its suffix)",
+    )
+    plan.add_argument(
+        "--hash-attribute",
+        default="id",
+        metavar="NAME",
+        help="the GrowthBook attribute holding the visitor id (default id)",
+    )
     plan.set_defaults(handler=plan_command)
 
     assign = command(
@@ -1183,6 +1268,13 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     record.add_argument(
         "--outcome", default="outcome", metavar="COL", help="the outcome column (default outcome)"
+    )
+    record.add_argument(
+        "--format",
+        choices=("pytyche", "growthbook"),
+        default="pytyche",
+        help="OUTCOMES is assign's output (default) or GrowthBook exposures: experiment_key, "
+        "variation_id, visitor_id, the outcome and the covariates",
     )
     record.set_defaults(handler=record_command)
 

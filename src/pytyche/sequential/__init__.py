@@ -9,6 +9,12 @@ from .assign import visitor_uniforms
 from .config import check_config
 from .evaluate import evaluate_policy, policy_probabilities
 from .experiment import SequentialExperiment, logged_observed, sequential_experiment
+from .growthbook import (
+    exposures_from_growthbook,
+    growthbook_attributes,
+    growthbook_condition,
+    to_growthbook,
+)
 from .plan import CELLS, NO_SEGMENT, RoundPlan, check_schedule, round_size
 from .simulate import simulate_sequential
 from .srm import SampleRatioMismatchWarning, srm_test
@@ -23,6 +29,9 @@ __all__ = [
     "check_config",
     "check_schedule",
     "evaluate_policy",
+    "exposures_from_growthbook",
+    "growthbook_attributes",
+    "growthbook_condition",
     "logged_observed",
     "open_experiment",
     "policy_probabilities",
@@ -31,5 +40,6 @@ __all__ = [
     "sequential_experiment",
     "simulate_sequential",
     "srm_test",
+    "to_growthbook",
     "visitor_uniforms",
 ]

@@ -573,6 +573,12 @@ class RoundPlan:
                 arm_index[here] = choose_interval(table, arm_u[here])
         return cell_index, arm_index
 
+    def to_growthbook(self, feature_key: str, hash_attribute: str = "id") -> dict[str, Any]:
+        """The plan as GrowthBook features JSON: :func:`pytyche.sequential.to_growthbook`."""
+        from .growthbook import to_growthbook  # local: that module builds on this one
+
+        return to_growthbook(self, feature_key, hash_attribute)
+
     @property
     def policy_tree(self):
         """The policy tree that found this plan's segments (None before the first fit).
