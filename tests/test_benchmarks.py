@@ -19,6 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Tiny arguments per script; a new script must be added here (the test below checks).
 TINY_ARGS = {
     "bench_allocation.py": "--visitors 3000 --draws 20 --repeat 1",
+    "bench_evaluate.py": "--visitors 3000 --dir {tmp}",
     "bench_fit.py": "--visitors 300 --draws 5 --trees-mu 5 --trees-tau 3",
     "bench_growthbook.py": "--visitors 3000 --loop-sizes 600,600",
     "bench_fit_scale.py": (
@@ -29,6 +30,7 @@ TINY_ARGS = {
     "bench_out_of_core.py": "--gib 0.002 --draws 10 --dir {tmp}",
     "bench_policy_tree.py": "--visitors 3000 --draws 5 --depths 2 --bootstrap 0",
     "bench_sequential.py": "--sizes 300 --repeat 1",
+    "bench_srm.py": "--null-rounds 200 --rounds 50",
 }
 
 

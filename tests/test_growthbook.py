@@ -543,4 +543,4 @@ def test_the_cli_writes_the_features_and_records_the_exposures(tmp_path, capsys)
     assert "recorded 300 GrowthBook exposure(s) in round 0" in out
     recorded = pt.open_experiment(store).recorded()
     assert recorded.sizes["visitor"] == 300
-    assert set(recorded["visitor"].values) == set(events["visitor_id"])
+    assert set(recorded["visitor_id"].values) == set(events["visitor_id"])
