@@ -11,14 +11,16 @@ from .experiment import SequentialExperiment, logged_observed, sequential_experi
 from .plan import CELLS, NO_SEGMENT, RoundPlan, check_schedule, round_size
 from .simulate import simulate_sequential
 from .srm import SampleRatioMismatchWarning, srm_test
-from .store import open_experiment, save_experiment
+from .store import DamagedStoreError, StaleExperimentError, open_experiment, save_experiment
 
 __all__ = [
     "CELLS",
     "NO_SEGMENT",
+    "DamagedStoreError",
     "RoundPlan",
     "SampleRatioMismatchWarning",
     "SequentialExperiment",
+    "StaleExperimentError",
     "check_schedule",
     "evaluate_policy",
     "logged_observed",
