@@ -267,6 +267,33 @@ def test_a_reader_during_saves_never_fails(tmp_path):
     assert seen == {10, 20} and len(saves) >= 10
 
 
+def test_a_reader_whose_parts_were_removed_reads_the_newest_version_once(tmp_path, monkeypatch):
+    path = tmp_path / "exp"
+    exp = small_experiment()
+    record(exp, 0, 10)
+    exp.to_zarr(path)
+    old = marker(path)  # what a slow reader read before two saves
+    record(exp, 10, 8)
+    exp.to_zarr(path, overwrite=True)  # every table rewritten: the old parts unlisted
+    exp.to_zarr(path)  # ... and removed
+    assert not set(parts(path)) & {p["name"] for p in old["tables"][0]["assigned"]["parts"]}
+    real = store_module._read_marker
+    calls = []
+
+    def slow_reader(source):
+        calls.append(source)
+        return old if len(calls) == 1 else real(source)
+
+    monkeypatch.setattr(store_module, "_read_marker", slow_reader)
+    same_experiment(open_experiment(path), exp)
+    assert len(calls) == 2
+    # The newest marker itself lists a missing part: damaged, after one retry.
+    calls.clear()
+    monkeypatch.setattr(store_module, "_read_marker", lambda source: old)
+    with pytest.raises(DamagedStoreError, match=r"assigned-0-\w+\.zarr is listed .* missing"):
+        open_experiment(path)
+
+
 def test_a_held_lock_times_out_naming_the_lock_and_its_holder(tmp_path, capsys):
     path = tmp_path / "exp"
     exp = small_experiment()

@@ -148,12 +148,11 @@ def save_experiment(
     >>> import tempfile, pathlib
     >>> from pytyche.sequential import open_experiment, sequential_experiment
     >>> exp = sequential_experiment(["control", "A"], schedule=50)
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "exp"
-    >>> _ = exp.to_zarr(path)
-    >>> exp.store_version[1]
-    1
-    >>> open_experiment(path).round
-    0
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder) / "exp"
+    ...     _ = exp.to_zarr(path)
+    ...     print(exp.store_version[1], open_experiment(path).round)
+    1 0
     """
     given = Path(path)
     target = given.resolve()
@@ -550,9 +549,10 @@ def locked(path, timeout: float | None = LOCK_TIMEOUT) -> Iterator[Path]:
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "exp"
-    >>> with locked(path) as lock_file, locked(path):  # re-entrant
-    ...     print(lock_file.name)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder) / "exp"
+    ...     with locked(path) as lock_file, locked(path):  # re-entrant
+    ...         print(lock_file.name)
     .exp.lock
     """
     store = Path(path).resolve()
@@ -810,6 +810,8 @@ def _load_recorded(source: Path, parts: list[dict]) -> xr.Dataset:
 
 
 def _read_parts(source: Path, parts: list[dict]) -> pd.DataFrame:
+    if not parts:
+        raise _damaged(source, f"{MARKER} lists a table without parts")
     frames = []
     for part in parts:
         name = str(part["name"])
