@@ -203,9 +203,10 @@ def test_a_stale_notebook_save_is_refused_and_loses_nothing(tmp_path):
     with pytest.raises(FileExistsError, match=r"holds another experiment.*overwrite=True"):
         other.to_zarr(path)
     assert open_experiment(path).recorded().sizes["visitor"] == 18
-    # A fresh experiment with the same settings has never seen the store: stale.
+    # The same experiment (its settings, its id) rebuilt afresh has never seen the store: stale.
+    rebuilt = pt.SequentialExperiment(open_experiment(path).config)
     with pytest.raises(StaleExperimentError, match="never read from or saved to a store"):
-        small_experiment().to_zarr(path)
+        rebuilt.to_zarr(path)
     other.to_zarr(path, overwrite=True)
     assert open_experiment(path).arms == ("control", "A", "B")
     small_experiment().to_zarr(tmp_path / "new")  # a new experiment at a new path is fine
