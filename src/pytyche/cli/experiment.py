@@ -6,11 +6,12 @@ of visitors (and logs the assignment in the store); ``record`` records a round's
 ``advance`` refits and plans the next round; ``srm`` checks the sample ratios; ``evaluate``
 estimates, off policy, what another plan would have earned on the visitors recorded.
 
-Every write of the store goes through :func:`pytyche.sequential.save_experiment` (a new store
-beside the old one, swapped in atomically), under an exclusive lock on a file beside the
-store, so a refused or failed command leaves the store as it was and two commands never
-interleave their read-modify-write. The conventions are those of :mod:`pytyche.cli`: bad
-input exits with status 2 and one line, a failure during the work with status 1.
+Every write of the store goes through :func:`pytyche.sequential.save_experiment` (the new
+rows as new parts, then the store's marker replaced atomically), under an exclusive lock on a
+file beside the store, so a refused or failed command leaves the store as it was and two
+commands never interleave their read-modify-write. The conventions are those of
+:mod:`pytyche.cli`: bad input exits with status 2 and one line, a failure during the work with
+status 1.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from ..sequential import (
     save_experiment,
     sequential_experiment,
 )
-from ..sequential.store import MARKER
+from ..sequential.store import MARKER, DamagedStoreError
+from ..sequential.store import locked as store_lock
 from ..summary import ConvergenceWarning
 from .common import (
     FAMILIES,
@@ -92,6 +94,8 @@ SRM_FLAGGED = 3
 # The columns RoundPlan.assign adds; record needs the assignment's columns back.
 ASSIGNED_COLUMNS = ("round", "cell", "segment", "arm", "propensity")
 MAX_BOOTSTRAP = 100_000
+# Seconds a command that changes the store waits for another one's lock, then exits 1.
+LOCK_TIMEOUT = 30.0
 MAX_SEED = 2**64 - 1
 
 EXAMPLES = {
@@ -189,18 +193,18 @@ def read_experiment(path: Path) -> SequentialExperiment:
     BadInput
         When nothing is there, or it is not an experiment store of a known format.
     WorkFailed
-        When the store is damaged (a table missing or unreadable).
+        When the store is damaged (the message says what).
     """
     check_experiment_path(path)
     try:
         return open_experiment(path)
     except FileNotFoundError as error:
         raise BadInput(f"STORE: {error}") from None
-    except ValueError as error:
-        if "is not a pytyche experiment store" in str(error):
-            raise BadInput(f"STORE: {error}") from None
-        raise WorkFailed(f"STORE: {path} is damaged: {error}") from None
-    except Exception as error:  # a table missing or corrupt: zarr's and pandas' errors
+    except DamagedStoreError as error:
+        raise WorkFailed(f"STORE: {one_line(error)}") from None
+    except ValueError as error:  # not an experiment store, or one of an unknown format
+        raise BadInput(f"STORE: {one_line(error)}") from None
+    except Exception as error:  # anything else unreadable: zarr's and pandas' errors
         raise WorkFailed(
             f"STORE: {path} is damaged: {type(error).__name__}: {one_line(error)}"
         ) from None
@@ -208,11 +212,11 @@ def read_experiment(path: Path) -> SequentialExperiment:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock for a read-modify-write of the store at ``path``.
+    """Hold the store's writers' lock for a read-modify-write of the store at ``path``.
 
-    The lock is ``fcntl.flock`` on a file ``.NAME.lock`` beside the store (the store itself
-    is swapped on every save, so it cannot hold the lock). Where ``fcntl`` is missing
-    (Windows) nothing is locked.
+    :func:`pytyche.sequential.store.locked`: ``fcntl.flock`` on ``.NAME.lock`` beside the
+    store, re-entrant, so the save inside the block takes it again without waiting. Where
+    ``fcntl`` is missing (Windows) nothing is locked.
 
     Parameters
     ----------
@@ -227,23 +231,20 @@ def locked(path: Path) -> Iterator[None]:
     ------
     BadInput
         When the lock file cannot be created (a read-only directory).
+    WorkFailed
+        When another command holds the lock for longer than ``LOCK_TIMEOUT`` seconds (the
+        message names the lock file and its holder).
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    lock = path.parent / f".{path.name}.lock"
-    try:
-        handle = open(lock, "a")  # closed below, once the lock is released
-    except OSError as error:
-        raise BadInput(f"STORE: cannot lock {path}: {error.strerror} ({lock})") from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            stack.enter_context(store_lock(path, timeout=LOCK_TIMEOUT))
+        except TimeoutError as error:
+            raise WorkFailed(f"STORE: {one_line(error)}") from None
+        except OSError as error:
+            raise BadInput(
+                f"STORE: cannot lock {path}: {error.strerror} ({error.filename})"
+            ) from None
+        yield
 
 
 @contextlib.contextmanager
@@ -415,7 +416,7 @@ def start_command(args) -> None:
     except ValueError as error:
         raise BadInput(str(error)) from None
     with locked(path):
-        save_experiment(experiment, path)
+        save_experiment(experiment, path, overwrite=args.overwrite)
     print(experiment.summary())
     config = experiment.config
     drawn = "drawn at random" if args.seed is None else "given"

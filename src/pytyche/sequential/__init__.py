@@ -18,14 +18,16 @@ from .growthbook import (
 from .plan import CELLS, NO_SEGMENT, RoundPlan, check_schedule, round_size
 from .simulate import simulate_sequential
 from .srm import SampleRatioMismatchWarning, srm_test
-from .store import open_experiment, save_experiment
+from .store import DamagedStoreError, StaleExperimentError, open_experiment, save_experiment
 
 __all__ = [
     "CELLS",
     "NO_SEGMENT",
+    "DamagedStoreError",
     "RoundPlan",
     "SampleRatioMismatchWarning",
     "SequentialExperiment",
+    "StaleExperimentError",
     "check_config",
     "check_schedule",
     "evaluate_policy",

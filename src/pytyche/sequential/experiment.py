@@ -202,12 +202,16 @@ class SequentialExperiment:
         The experiment's settings.
     posterior : BCFResult or None
         The latest fit (None before the first fit and after resuming from disk).
+    store_version : tuple of (pathlib.Path, int) or None
+        The store (resolved path) and its version this experiment was opened from or last
+        saved to; None before either. A save refuses a store that has moved past it.
     """
 
     def __init__(self, config: Mapping[str, Any], state: Mapping[str, Any] | None = None):
         self.config = json.loads(json.dumps(dict(config)))
         self.arms = tuple(self.config["arms"])
         self.posterior = None
+        self.store_version: tuple[Any, int] | None = None
         if state is None:
             first = RoundPlan(
                 round=0,
@@ -1037,14 +1041,18 @@ class SequentialExperiment:
     def _repr_html_(self) -> str:
         return _experiment_html(self)
 
-    def to_zarr(self, path) -> Any:
-        """Save the experiment atomically; see :func:`~pytyche.sequential.save_experiment`.
+    def to_zarr(self, path, *, overwrite: bool = False, lock_timeout: float | None = 30.0) -> Any:
+        """Save the experiment to its store; see :func:`~pytyche.sequential.save_experiment`.
 
         Parameters
         ----------
         path : str or os.PathLike
-            Target directory; an existing experiment store there is replaced, anything else
-            is refused.
+            The store directory: a new one, or this experiment's store (only the rows added
+            since it was read are written). Anything else is refused.
+        overwrite : bool, default False
+            Replace a store holding another experiment, or a newer version of this one.
+        lock_timeout : float or None, default 30
+            Seconds to wait for another writer's lock.
 
         Returns
         -------
@@ -1052,7 +1060,7 @@ class SequentialExperiment:
         """
         from .store import save_experiment
 
-        return save_experiment(self, path)
+        return save_experiment(self, path, overwrite=overwrite, lock_timeout=lock_timeout)
 
     def state(self) -> dict[str, Any]:
         """Plans, round records and recorded data (for :mod:`pytyche.sequential.store`).
