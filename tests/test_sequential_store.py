@@ -429,6 +429,13 @@ def damage_key(path):
     return r"lacks the key\(s\) \['rounds'\]"
 
 
+def damage_settings(path):
+    meta = marker(path)
+    meta["config"]["fit_options"] = {"n_draw": 10}  # hand-edited: a misspelt fit option
+    (path / MARKER_NAME).write_text(json.dumps(meta))
+    return r"its settings are refused: fit_options has the unknown option 'n_draw'"
+
+
 def damage_part(path):
     name = marker(path)["tables"][0]["recorded"]["parts"][0]["name"]
     shutil.rmtree(path / name)
@@ -442,7 +449,8 @@ def damage_chunk(path):
 
 
 @pytest.mark.parametrize(
-    "damage", [damage_cells, damage_arms, damage_key, damage_part, damage_chunk]
+    "damage",
+    [damage_cells, damage_arms, damage_key, damage_settings, damage_part, damage_chunk],
 )
 def test_a_damaged_store_is_refused_naming_the_damage(damage, tmp_path, capsys):
     path = tmp_path / "exp"

@@ -1042,9 +1042,10 @@ def evaluate_command(args) -> None:
         f"{document['effective_sample_size']:,.0f}, largest importance weight "
         f"{document['max_weight']:.3g}"
     )
-    if document["unsupported_share"] > 0:
+    thin = float(result["unsupported_share"])
+    if thin > 0:
         print(
-            f"pytyche: warning: {document['unsupported_share']:.1%} of the policy's mass is on "
+            f"pytyche: warning: {thin:.1%} of the policy's mass is on "
             "(segment, arm) pairs no recorded visitor of that segment was served; the estimate "
             "leans on the propensities there",
             file=sys.stderr,

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .config import check_config
 from .experiment import SequentialExperiment
 from .plan import CELLS, RoundPlan
 
@@ -257,7 +258,7 @@ def _current(target: Path, overwrite: bool) -> tuple[dict | None, list[dict]]:
         try:
             tables = _manifest(current)
             names = _part_names(tables)
-            _checked_plans(target, current["config"], current["plans"])
+            _checked_plans(target, _checked_settings(target, current["config"]), current["plans"])
         except (KeyError, TypeError, AttributeError) as error:
             raise _damaged(target, f"{MARKER} has no valid manifest of parts ({error})") from None
         missing = sorted(name for name in names if not (target / name).is_dir())
@@ -726,7 +727,7 @@ def _manifest(meta: dict) -> list[dict]:
 
 def _experiment_from(source: Path, meta: dict) -> SequentialExperiment:
     try:
-        config = meta["config"]
+        config = _checked_settings(source, meta["config"])
         plans = _checked_plans(source, config, meta["plans"])
         rounds = meta["rounds"]
         tables = _manifest(meta)
@@ -765,6 +766,14 @@ def _experiment_from(source: Path, meta: dict) -> SequentialExperiment:
         raise _damaged(source, f"its state is refused ({type(error).__name__}: {error})") from None
     experiment.store_version = (source, version)
     return experiment
+
+
+def _checked_settings(source: Path, config: Any) -> dict[str, Any]:
+    """The settings, refused as damage where sequential_experiment would refuse them."""
+    try:
+        return check_config(config)
+    except ValueError as error:
+        raise _damaged(source, f"its settings are refused: {error}") from None
 
 
 def _checked_plans(source: Path, config: Mapping[str, Any], described: list) -> list[RoundPlan]:
