@@ -389,15 +389,17 @@ class SequentialExperiment:
                     want=expected,
                 )
         coords = {
-            "visitor": ("visitor", keys),
-            "variant": ("visitor", arm),
+            # The log's own id objects: one string per visitor in memory, not two.
+            "visitor": ("visitor", logged["visitor_id"].to_numpy(dtype=object)),
+            "variant": ("visitor", _shared_text(arm)),
             "outcome": ("visitor", self._checked_outcome(observed, keys)),
             "propensity": ("visitor", want),
-            "cell": ("visitor", checks["cell"]),
+            "cell": ("visitor", _shared_text(checks["cell"])),
             "round": ("visitor", checks["round"].astype(np.int64)),
             "segment": ("visitor", checks["segment"].astype(np.int64)),
-            **self._checked_covariates(observed, keys),
         }
+        for name, (dim, values) in self._checked_covariates(observed, keys).items():
+            coords[name] = (dim, _shared_text(values) if values.dtype == object else values)
         part = xr.Dataset(coords=coords)
         current = self._data[-1]
         self._data[-1] = part if current is None else xr.concat([current, part], dim="visitor")
@@ -735,9 +737,8 @@ class SequentialExperiment:
                     SampleRatioMismatchWarning,
                     stacklevel=2,
                 )
-        cumulative = self.recorded()
         active = list(plan.active)
-        waiting = self._burn_in_counts(cumulative, active)
+        waiting = self._burn_in_counts(active)
         burn_in = bool(waiting["waiting_for"])
         fit_record = None
         posterior = None
@@ -758,7 +759,7 @@ class SequentialExperiment:
                 notes=notes,
             )
         else:
-            posterior, fit_record = self._fit(cumulative, next_round)
+            posterior, fit_record = self._fit(self.recorded(), next_round)
             status = FINISHED if final else "optimized"
             new_plan = self._optimized_plan(
                 posterior, plan, next_round, size, active, notes, status
@@ -775,18 +776,29 @@ class SequentialExperiment:
             self.posterior = posterior
         return new_plan
 
-    def _burn_in_counts(self, cumulative: xr.Dataset | None, active: list[str]) -> dict:
-        """Visitors (and converters, when the fit needs them) per arm, and what is missing."""
-        variant = np.array([], dtype=str) if cumulative is None else cumulative["variant"].values
-        outcome = np.array([]) if cumulative is None else cumulative["outcome"].values
-        variant = variant.astype(str)
+    def _burn_in_counts(self, active: list[str]) -> dict:
+        """Visitors (and converters, when the fit needs them) per arm, and what is missing.
+
+        Counted round by round, so that no concatenated copy of every visit is made.
+        """
+        visits = np.zeros(len(self.arms), dtype=np.int64)
+        bought = np.zeros(len(self.arms), dtype=np.int64)
+        outcomes = [np.zeros(0)]
+        for data in self._data:
+            if data is None:
+                continue
+            code = pd.Categorical(data["variant"].values, categories=self.arms).codes
+            outcome = np.asarray(data["outcome"].values, dtype=np.float64)
+            visits += np.bincount(code, minlength=len(self.arms))
+            bought += np.bincount(code[outcome > 0], minlength=len(self.arms))
+            outcomes.append(outcome)
         need = max(1, self.config["min_visitors_per_arm"])
-        counts = {a: int(np.count_nonzero(variant == a)) for a in self.arms}
+        counts = {a: int(n) for a, n in zip(self.arms, visits, strict=True)}
         counts_notes: dict[str, Any] = {"arm_counts": counts, "min_visitors_per_arm": need}
         waiting = [f"{a}: {counts[a]} of {need} visitors" for a in active if counts[a] < need]
-        converters = converters_needed(self._family(outcome))
+        converters = converters_needed(self._family(np.concatenate(outcomes)))
         if converters:
-            converted = {a: int(np.count_nonzero(outcome[variant == a] > 0)) for a in self.arms}
+            converted = {a: int(n) for a, n in zip(self.arms, bought, strict=True)}
             counts_notes.update(arm_converters=converted, min_converters_per_arm=converters)
             waiting += [
                 f"{a}: {converted[a]} of {converters} converters (outcome > 0)"
@@ -1253,6 +1265,19 @@ def _text(values: Any) -> np.ndarray:
     if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
         return values
     return values.astype(str).astype(object)
+
+
+def _shared_text(values: np.ndarray) -> np.ndarray:
+    """Labels whose equal values are one ``str`` object, NaN kept for missing ones.
+
+    A million visits of ``"mobile"`` then hold one string and a million pointers, not a
+    million strings: what keeps a round of a million visitors small in memory.
+    """
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    table = np.empty(len(uniques) + 1, dtype=object)
+    table[:-1] = uniques
+    table[-1] = np.nan  # code -1: a missing value
+    return table[codes]
 
 
 def _plain(value: Any) -> Any:
