@@ -584,3 +584,25 @@ def test_a_format_1_store_opens_and_its_first_save_converts_it(tmp_path):
     resumed.to_zarr(path)
     assert not (path / "assigned-0.zarr").exists() and not (path / "recorded-0.zarr").exists()
     same_experiment(open_experiment(path), resumed)
+
+
+def test_an_opened_store_reads_recorded_columns_lazily_and_never_as_zeros(tmp_path):
+    path = tmp_path / "exp"
+    exp = small_experiment()
+    record(exp, 0, 12)
+    exp.to_zarr(path)
+    reader = open_experiment(path)
+    data = reader.recorded()
+    # Only the ids are read on open; every other column is a dask array over the parts.
+    assert all(data[n].chunks is not None for n in ("outcome", "variant", "cell", "age"))
+    np.testing.assert_array_equal(data["outcome"].values, exp.recorded()["outcome"].values)
+    xr.testing.assert_identical(data.compute(), exp.recorded())
+    # Another writer rewrites round 0 and saves twice: the parts the reader holds are gone.
+    writer = open_experiment(path)
+    writer.remove_visitors(["v0"], reason="a test order")
+    writer.to_zarr(path)
+    writer.to_zarr(path)
+    assert sorted(writer.recorded()["outcome"].values) == list(range(1, 12))  # its own, loaded
+    with pytest.raises(FileNotFoundError, match="removed by a later save .* open the experiment"):
+        reader.recorded()["outcome"].values  # noqa: B018 - reading is the test
+    assert sorted(open_experiment(path).recorded()["outcome"].values) == list(range(1, 12))

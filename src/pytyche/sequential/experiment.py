@@ -312,7 +312,7 @@ class SequentialExperiment:
         parts = [d for d in self._data if d is not None]
         if not parts:
             return None
-        data = xr.concat(parts, dim="visitor")
+        data = _concat_visits(parts)
         ids = np.asarray(data.indexes["visitor"], dtype=object)
         data = data.assign_coords(visitor_id=("visitor", ids))
         return data.assign_coords(visitor=visit_keys(ids, data["round"].values))
@@ -402,7 +402,7 @@ class SequentialExperiment:
             coords[name] = (dim, _shared_text(values) if values.dtype == object else values)
         part = xr.Dataset(coords=coords)
         current = self._data[-1]
-        self._data[-1] = part if current is None else xr.concat([current, part], dim="visitor")
+        self._data[-1] = part if current is None else _concat_visits([current, part])
 
     def _logged_rows(self, plan: RoundPlan, keys: np.ndarray) -> pd.DataFrame:
         """The assignment-log rows of ``keys``: each listed once, assigned, not yet recorded."""
@@ -1265,6 +1265,18 @@ def _text(values: Any) -> np.ndarray:
     if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
         return values
     return values.astype(str).astype(object)
+
+
+def _concat_visits(parts: Sequence[xr.Dataset]) -> xr.Dataset:
+    """Recorded visits one after another; lazy when any part is (read from a store).
+
+    A part in memory joins lazy ones as one chunk: xarray would otherwise ask dask to pick
+    chunks for its text columns, which it cannot size.
+    """
+    lazy = [any(v.chunks is not None for v in p.coords.values()) for p in parts]
+    if any(lazy) and not all(lazy):
+        parts = [p if is_lazy else p.chunk({"visitor": -1}) for p, is_lazy in zip(parts, lazy)]
+    return xr.concat(parts, dim="visitor")
 
 
 def _shared_text(values: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -328,6 +329,10 @@ def _append(
                 written.append(part["name"])
                 return {"parts": [*old["parts"], part], "kinds": old["kinds"]}
     # New, shrunk, rows removed or a column's kind changed: the whole table as one part.
+    if isinstance(table, xr.Dataset):
+        # Into memory, in place: the experiment's own data stops reading the parts this save
+        # retires (they are removed at a later save).
+        table.load()
     frame = _frame(table, start=0)
     part = _write_part(store, kind, r, frame)
     written.append(part["name"])
@@ -754,7 +759,11 @@ def _experiment_from(source: Path, meta: dict) -> SequentialExperiment:
         plan.assigned = _read_parts(source, assigned["parts"]).astype(
             {"segment": np.int64, "propensity": np.float64}
         )
-        data.append(None if recorded is None else _load_recorded(source, recorded["parts"]))
+        if recorded is None:
+            data.append(None)
+            continue
+        ids = plan.assigned["visitor_id"].to_numpy(dtype=object)
+        data.append(_load_recorded(source, recorded["parts"], ids))
     # Read completely, before a later save could remove (rename away) any part read.
     for name in sorted(_part_names(tables)):
         if not (source / name).is_dir():
@@ -806,16 +815,67 @@ def _checked_plans(source: Path, config: Mapping[str, Any], described: list) -> 
     return plans
 
 
-def _load_recorded(source: Path, parts: list[dict]) -> xr.Dataset:
-    """One round's recorded visitors, loaded into memory (the one place that loads them).
+def _load_recorded(source: Path, parts: list[dict], logged_ids: np.ndarray) -> xr.Dataset:
+    """One round's recorded visits: the ids in memory (the index), every other column lazily.
 
-    The parts open lazily, chunked by ``ROWS_PER_CHUNK`` rows: to keep them out of memory,
-    change this function and :func:`_read_parts` only.
+    The columns stay dask arrays over the parts' chunks of ``ROWS_PER_CHUNK`` rows (text
+    decoded from its codes chunk by chunk), so opening a store of millions of visits reads
+    only their ids; each id is the assignment log's own string object (`logged_ids`), held
+    once in memory.
     """
-    frame = _read_parts(source, parts).set_index("visitor")
-    return xr.Dataset(coords={n: ("visitor", frame[n].to_numpy()) for n in frame}).assign_coords(
-        visitor=frame.index.to_numpy()
-    )
+    columns: dict[str, list] = {}
+    for part in parts:
+        name = _part_name(source, part)
+        try:
+            if part["rows"] is not None:  # format 2 writes every chunk
+                _check_chunks(source / name)
+            table = _open_table(source / name)
+        except Exception as error:  # missing (a later save removed it) or corrupt
+            raise _PartUnreadable(name, error) from None
+        if part["rows"] is not None and table.sizes["row"] != int(part["rows"]):
+            raise _damaged(
+                source,
+                f"the part {name} holds {table.sizes['row']:,} rows, {MARKER} lists "
+                f"{part['rows']}",
+            )
+        levels = json.loads(table.attrs["levels"])
+        for column in json.loads(table.attrs["columns"]):
+            values = table[column].data
+            labels = None
+            if column in levels:
+                labels = np.array([*levels[column], np.nan], dtype=object)
+            dtype = object if labels is not None else values.dtype
+            values = values.map_blocks(_read_block, str(source / name), labels, dtype=dtype)
+            columns.setdefault(column, []).append(values)
+    ids = np.concatenate([np.asarray(v.compute(), dtype=object) for v in columns.pop("visitor")])
+    position = pd.Index(logged_ids).get_indexer(ids)
+    if (position < 0).any():
+        raise _damaged(source, "recorded visitors are missing from their round's assignment log")
+    coords = {n: ("visitor", da.concatenate(v)) for n, v in columns.items()}
+    return xr.Dataset(coords=coords).assign_coords(visitor=logged_ids[position])
+
+
+def _read_block(values: np.ndarray, part: str, labels: np.ndarray | None) -> np.ndarray:
+    """A block as read from its part: refused if the part was removed, text decoded.
+
+    Zarr reads a chunk whose file is gone as its fill value; a part is renamed away before it
+    is deleted, so a part still in place after the read means the read was whole.
+    """
+    if not os.path.isdir(part):
+        raise FileNotFoundError(
+            f"the store part {part} was removed by a later save (another writer rewrote this "
+            "round): open the experiment store again"
+        )
+    if labels is None:
+        return values
+    return labels[np.where(values < 0, len(labels) - 1, values)]  # -1 (missing): NaN
+
+
+def _part_name(source: Path, part: dict) -> str:
+    name = str(part["name"])
+    if not PART_NAME.fullmatch(name):
+        raise _damaged(source, f"{MARKER} lists {name!r}, which is not a table part's name")
+    return name
 
 
 def _read_parts(source: Path, parts: list[dict]) -> pd.DataFrame:
@@ -823,9 +883,7 @@ def _read_parts(source: Path, parts: list[dict]) -> pd.DataFrame:
         raise _damaged(source, f"{MARKER} lists a table without parts")
     frames = []
     for part in parts:
-        name = str(part["name"])
-        if not PART_NAME.fullmatch(name):
-            raise _damaged(source, f"{MARKER} lists {name!r}, which is not a table part's name")
+        name = _part_name(source, part)
         try:
             if part["rows"] is not None:  # format 2 writes every chunk
                 _check_chunks(source / name)
