@@ -603,6 +603,6 @@ def test_an_opened_store_reads_recorded_columns_lazily_and_never_as_zeros(tmp_pa
     writer.to_zarr(path)
     writer.to_zarr(path)
     assert sorted(writer.recorded()["outcome"].values) == list(range(1, 12))  # its own, loaded
-    with pytest.raises(FileNotFoundError, match="removed by a later save .* open the experiment"):
+    with pytest.raises(FileNotFoundError, match=r"removed by a later save .* open the experiment"):
         reader.recorded()["outcome"].values  # noqa: B018 - reading is the test
     assert sorted(open_experiment(path).recorded()["outcome"].values) == list(range(1, 12))

@@ -1275,7 +1275,10 @@ def _concat_visits(parts: Sequence[xr.Dataset]) -> xr.Dataset:
     """
     lazy = [any(v.chunks is not None for v in p.coords.values()) for p in parts]
     if any(lazy) and not all(lazy):
-        parts = [p if is_lazy else p.chunk({"visitor": -1}) for p, is_lazy in zip(parts, lazy)]
+        parts = [
+            p if is_lazy else p.chunk({"visitor": -1})
+            for p, is_lazy in zip(parts, lazy, strict=True)
+        ]
     return xr.concat(parts, dim="visitor")
 
 
