@@ -309,13 +309,17 @@ class SequentialExperiment:
             ``cell``, ``round``, ``segment``, the covariates and ``visitor_id``), rows in
             recording order.
         """
-        parts = [d for d in self._data if d is not None]
-        if not parts:
+        rounds = [r for r, d in enumerate(self._data) if d is not None]
+        if not rounds:
             return None
+        parts = [self._data[r] for r in rounds]
         data = _concat_visits(parts)
         ids = np.asarray(data.indexes["visitor"], dtype=object)
-        data = data.assign_coords(visitor_id=("visitor", ids))
-        return data.assign_coords(visitor=visit_keys(ids, data["round"].values))
+        # A part holds one round's visits: keyed round by round, without reading `round`.
+        keys = np.concatenate(
+            [visit_keys(p.indexes["visitor"], r) for r, p in zip(rounds, parts, strict=True)]
+        )
+        return data.assign_coords(visitor_id=("visitor", ids), visitor=keys)
 
     def record(self, observed: xr.Dataset) -> None:
         """Add outcomes of the current round.
@@ -1133,8 +1137,8 @@ def visit_keys(ids, rounds) -> np.ndarray:
     ----------
     ids : array-like
         Visitor ids (their text form is used).
-    rounds : array-like of int
-        The round of each visit.
+    rounds : int or array-like of int
+        The round of each visit, or one round for all.
 
     Returns
     -------
@@ -1145,10 +1149,16 @@ def visit_keys(ids, rounds) -> np.ndarray:
     --------
     >>> visit_keys(["u1", "u1"], [0, 1]).tolist()
     ['u1@0', 'u1@1']
+    >>> visit_keys(["u1", "u2"], 3).tolist()
+    ['u1@3', 'u2@3']
     """
     text = pd.Series(visitor_keys(ids), dtype=object)
-    rounds = pd.Series(np.asarray(rounds, dtype=np.int64)).astype(str)
-    return text.str.cat(rounds.to_numpy(dtype=object), sep="@").to_numpy(dtype=object)
+    rounds = np.broadcast_to(np.asarray(rounds, dtype=np.int64), (len(text),))
+    keys = np.empty(len(text), dtype=object)
+    for r in np.unique(rounds):  # one suffix per round: no text made per visit but the key
+        here = rounds == r
+        keys[here] = (text[here] + f"@{int(r)}").to_numpy(dtype=object)
+    return keys
 
 
 def _observed_keys(observed: xr.Dataset) -> np.ndarray:
