@@ -177,18 +177,74 @@ def rounds(args) -> None:
     )
 
 
+class StepTimer:
+    """Adds up the seconds spent in named functions of ``advance`` (patched while active)."""
+
+    STEPS = (
+        ("srm", "SequentialExperiment.srm"),
+        ("fit_data", "SequentialExperiment.fit_data"),
+        ("check_setup", "check_setup"),
+        ("fit (train; prediction stays lazy)", "fit"),
+        ("policy tree (predicts every visit)", "fit_policy_tree"),
+        ("segment means (predicts every visit)", "segment_means"),
+    )
+
+    def __init__(self):
+        from pytyche.sequential import experiment
+
+        self.module = experiment
+        self.seconds = {label: 0.0 for label, _ in self.STEPS}
+        self.saved = []
+
+    def __enter__(self):
+        for label, name in self.STEPS:
+            owner, attr = self.module, name
+            if "." in name:
+                cls, attr = name.split(".")
+                owner = getattr(self.module, cls)
+            original = getattr(owner, attr)
+            self.saved.append((owner, attr, original))
+            setattr(owner, attr, self.timed(label, original))
+        return self
+
+    def timed(self, label, original):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+
+        return run
+
+    def __exit__(self, *exc):
+        for owner, attr, original in self.saved:
+            setattr(owner, attr, original)
+        return False
+
+
 def advance(args) -> None:
     store = Path(args.dir) / "experiment.pytyche"
+    start = time.perf_counter()
     exp = open_experiment(store)
+    print(f"open {time.perf_counter() - start:.1f}s", flush=True)
     exp.config["min_visitors_per_arm"] = 100
     exp.config["fit_options"] = {
         "max_train_visitors": args.train,
         "n_draws": args.draws,
+        "n_trees_mu": args.trees_mu,
+        "n_trees_tau": args.trees_tau,
         "num_threads": 1,
     }
     start = time.perf_counter()
-    plan = exp.advance()
-    print(f"advance {time.perf_counter() - start:.1f}s; peak RSS {peak_rss_gb():.2f} GB")
+    with StepTimer() as steps:
+        plan = exp.advance()
+    total = time.perf_counter() - start
+    visits = exp.recorded().sizes["visitor"]
+    print(f"advance() on {visits:,} visits: {total:.1f}s; peak RSS {peak_rss_gb():.2f} GB")
+    for label, seconds in steps.seconds.items():
+        print(f"  {label:<40} {seconds:8.1f}s")
+    print(f"  {'the rest':<40} {total - sum(steps.seconds.values()):8.1f}s")
     print(plan)
 
 
@@ -207,6 +263,8 @@ def main() -> None:
     p.add_argument("--dir", required=True)
     p.add_argument("--train", type=int, default=50_000)
     p.add_argument("--draws", type=int, default=100)
+    p.add_argument("--trees-mu", type=int, default=50)
+    p.add_argument("--trees-tau", type=int, default=20)
     p.set_defaults(run=advance)
     args = parser.parse_args()
     print(f"$ python benchmarks/bench_sequential.py {' '.join(sys.argv[1:])}")
