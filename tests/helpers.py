@@ -96,3 +96,15 @@ def counting_scheduler(computes: int):
     assert scheduler.computes == computes, (
         f"{scheduler.computes} dask computes, expected exactly {computes}"
     )
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """Run the ``pytyche`` command in-process: (exit status, stdout, stderr)."""
+    from pytyche import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

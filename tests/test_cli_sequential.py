@@ -23,6 +23,8 @@ import pytyche as pt
 from pytyche.sequential import evaluate_policy, logged_observed, sequential_experiment
 from pytyche.sequential import experiment as experiment_module
 
+from helpers import run_cli
+
 cli = importlib.import_module("pytyche.cli")
 
 ARMS = ["control", "A", "B"]
@@ -77,14 +79,7 @@ def with_outcome(assigned, round_index):
     return out
 
 
-def call(argv, capsys):
-    """Run the CLI in-process: (exit status, stdout, stderr)."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+call = run_cli
 
 
 def one_line_error(code, err, expected_code=2):

@@ -27,6 +27,7 @@ from pytyche.sequential import (
 )
 from pytyche.sequential.plan import CELLS
 
+from helpers import run_cli
 from strategies import RULE_COVARIATES, covariate_values, typed_rules
 
 try:
@@ -507,38 +508,31 @@ def test_srm_is_clean_on_the_sdk_exposures_and_flags_5_percent_of_an_arm_dropped
 # --------------------------------------------------------------------------- the CLI
 
 
-def _call(argv, capsys):
-    from pytyche import cli
-
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_the_cli_writes_the_features_and_records_the_exposures(tmp_path, capsys):
     store = tmp_path / "checkout.pytyche"
-    code, _, err = _call(["start", store, "--arms", "control,A,B", "--seed", "5"], capsys)
+    code, _, err = run_cli(["start", store, "--arms", "control,A,B", "--seed", "5"], capsys)
     assert code == 0, err
     features_path = tmp_path / "features.json"
-    code, _, err = _call(["plan", store, "--format", "growthbook", "--out", features_path], capsys)
+    code, _, err = run_cli(
+        ["plan", store, "--format", "growthbook", "--out", features_path], capsys
+    )
     assert code == 0 and "as the GrowthBook feature 'checkout'" in err
     features = json.loads(features_path.read_text())
     experiment = pt.open_experiment(store)
     assert features == experiment.plan().to_growthbook("checkout")
-    code, _, err = _call(["plan", store, "--format", "growthbook"], capsys)
+    code, _, err = run_cli(["plan", store, "--format", "growthbook"], capsys)
     assert code == 2 and "give it --out FILE.json" in err
     events, _ = serve(features, synthetic_visitors(300))
     events.to_csv(tmp_path / "exposures.csv", index=False)
     bad = events.assign(experiment_key="nonsense")
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    code, _, err = _call(["record", store, tmp_path / "bad.csv", "--format", "growthbook"], capsys)
+    code, _, err = run_cli(
+        ["record", store, tmp_path / "bad.csv", "--format", "growthbook"], capsys
+    )
     assert code == 2 and "are not pytyche's" in err and err.count("\n") == 1
     assert pt.open_experiment(store).recorded() is None  # the store is as it was
     argv = ["record", store, tmp_path / "exposures.csv", "--format", "growthbook"]
-    code, out, err = _call(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "recorded 300 GrowthBook exposure(s) in round 0" in out
     recorded = pt.open_experiment(store).recorded()
