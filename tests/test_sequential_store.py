@@ -606,3 +606,36 @@ def test_an_opened_store_reads_recorded_columns_lazily_and_never_as_zeros(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"removed by a later save .* open the experiment"):
         reader.recorded()["outcome"].values  # noqa: B018 - reading is the test
     assert sorted(open_experiment(path).recorded()["outcome"].values) == list(range(1, 12))
+
+
+def test_record_reads_earlier_rounds_covariates_once_not_per_batch(tmp_path, monkeypatch):
+    from pytyche.sequential import experiment as experiment_module
+
+    exp = small_experiment()
+    record(exp, 0, 40)
+    exp.advance()
+    read = []
+    original = experiment_module._ColumnSummary.of.__func__
+
+    def counting(cls, name, values):
+        read.append(len(values))
+        return original(cls, name, values)
+
+    monkeypatch.setattr(experiment_module._ColumnSummary, "of", classmethod(counting))
+    for first in (1000, 2000, 3000, 4000):  # each batch reads only itself (2 covariates)
+        record(exp, first, 10)
+    assert read == [10] * 8
+    exp.to_zarr(tmp_path / "exp")
+    exp = open_experiment(tmp_path / "exp")
+    read.clear()
+    record(exp, 6000, 10)  # reopened: each earlier round is read once, then never again
+    assert sorted(read) == [10, 10, 40, 40, 40, 40]
+    read.clear()
+    record(exp, 7000, 10)
+    assert read == [10, 10]
+    # The checks still see what was recorded before: a covariate changing kind is refused.
+    out = assign(exp, 8000, 10)
+    out["outcome"] = 1.0
+    out["device"] = np.arange(10.0)
+    with pytest.raises(ValueError, match="holds number values in this batch but text values"):
+        exp.record(logged_observed(out))

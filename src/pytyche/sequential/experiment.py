@@ -10,6 +10,7 @@ import secrets
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
@@ -236,6 +237,9 @@ class SequentialExperiment:
         # The audit trail of removals, and per round how often its recorded rows changed.
         self._events: list[dict] = copy.deepcopy(list(state.get("events", [])))
         self._generation = [int(g) for g in state.get("generation", [0] * len(self._plans))]
+        # Per round, what record's covariate checks need of its data (kinds, text levels),
+        # keyed by (generation, rows): a batch reads only itself, never the rounds before.
+        self._summaries: dict[int, tuple[tuple[int, int], dict[str, _ColumnSummary]]] = {}
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -312,7 +316,7 @@ class SequentialExperiment:
         rounds = [r for r, d in enumerate(self._data) if d is not None]
         if not rounds:
             return None
-        parts = [self._data[r] for r in rounds]
+        parts = [d for d in self._data if d is not None]
         data = _concat_visits(parts)
         ids = np.asarray(data.indexes["visitor"], dtype=object)
         # A part holds one round's visits: keyed round by round, without reading `round`.
@@ -406,7 +410,14 @@ class SequentialExperiment:
             coords[name] = (dim, _shared_text(values) if values.dtype == object else values)
         part = xr.Dataset(coords=coords)
         current = self._data[-1]
-        self._data[-1] = part if current is None else _concat_visits([current, part])
+        before = {} if current is None else self._round_summary(len(self._data) - 1)
+        combined = part if current is None else _concat_visits([current, part])
+        self._data[-1] = combined
+        # The round's summary grows by the batch's: the round is never read again for it.
+        batch = {n: _ColumnSummary.of(n, part[n].values) for n in self._covariate_names() or []}
+        merged = {n: before[n].merged(s) if n in before else s for n, s in batch.items()}
+        token = (self._generation[-1], combined.sizes["visitor"])
+        self._summaries[len(self._data) - 1] = (token, merged)
 
     def _logged_rows(self, plan: RoundPlan, keys: np.ndarray) -> pd.DataFrame:
         """The assignment-log rows of ``keys``: each listed once, assigned, not yet recorded."""
@@ -494,11 +505,28 @@ class SequentialExperiment:
                 "round needs the same covariates (exp.remove_covariate(name, reason=...) "
                 "drops one from every round)"
             )
-        earlier = [d for d in self._data if d is not None]
+        earlier = [self._round_summary(r) for r, d in enumerate(self._data) if d is not None]
         return {
-            name: ("visitor", _checked_covariate(name, observed[name].values, keys, earlier))
+            name: (
+                "visitor",
+                _checked_covariate(
+                    name, observed[name].values, keys, [e[name] for e in earlier if name in e]
+                ),
+            )
             for name in names
         }
+
+    def _round_summary(self, r: int) -> dict[str, _ColumnSummary]:
+        """Kinds and text levels of round ``r``'s covariates, read once per change of it."""
+        data = self._data[r]
+        assert data is not None  # only rounds with recorded visits are summarised
+        token = (self._generation[r], data.sizes["visitor"])
+        cached = self._summaries.get(r)
+        if cached is None or cached[0] != token:
+            names = [n for n in self._covariate_names() or [] if n in data.coords]
+            cached = (token, {n: _ColumnSummary.of(n, data[n].values) for n in names})
+            self._summaries[r] = cached
+        return cached[1]
 
     def _covariate_names(self) -> list[str] | None:
         for d in self._data:
@@ -1177,8 +1205,34 @@ def _observed_keys(observed: xr.Dataset) -> np.ndarray:
     return visitor_keys(observed.indexes["visitor"])
 
 
+@dataclass(frozen=True)
+class _ColumnSummary:
+    """What record's checks need of a recorded covariate: its kind, its text levels, count."""
+
+    kind: str | None  # None: every value missing
+    levels: frozenset  # distinct text values (text only)
+    count: int  # values present
+
+    @classmethod
+    def of(cls, name: str, values: np.ndarray) -> _ColumnSummary:
+        """Summarise one column (one pass)."""
+        values = np.asarray(values)
+        missing = np.asarray(pd.isna(values), dtype=bool)
+        if missing.all():
+            return cls(None, frozenset(), 0)
+        kind = covariate_kind(values, name)
+        levels = frozenset(pd.unique(_text(values[~missing]))) if kind == "text" else frozenset()
+        return cls(kind, levels, int((~missing).sum()))
+
+    def merged(self, other: _ColumnSummary) -> _ColumnSummary:
+        """The summary of both columns one after the other."""
+        return _ColumnSummary(
+            self.kind or other.kind, self.levels | other.levels, self.count + other.count
+        )
+
+
 def _checked_covariate(
-    name: str, values: np.ndarray, keys: np.ndarray, earlier: Sequence[xr.Dataset]
+    name: str, values: np.ndarray, keys: np.ndarray, before: Sequence[_ColumnSummary]
 ) -> np.ndarray:
     """One covariate of a batch, refused unless every later fit can take it with the rest."""
     values = np.asarray(values)
@@ -1187,8 +1241,7 @@ def _checked_covariate(
     except TypeError as error:
         raise ValueError(f"{error} (drop or convert the column before recording)") from None
     missing = np.asarray(pd.isna(values), dtype=bool)
-    before = [np.asarray(d[name].values) for d in earlier]
-    kinds = [covariate_kind(v, name) for v in before if not pd.isna(v).all()]
+    kinds = [b.kind for b in before if b.kind is not None]
     if kinds and missing.all():  # nothing to compare: store it as the earlier batches
         kind = kinds[0]
         return np.full(values.size, np.nan, dtype=np.float64 if kind == "number" else object)
@@ -1233,13 +1286,13 @@ def _check_text_levels(name, values, missing, keys, before) -> None:
     every one of at least ``MIN_ID_VISITORS`` visits (what :func:`pytyche.check_setup` calls
     an identifier).
     """
-    present = _text(values[~missing])
-    old = [_text(v[~np.asarray(pd.isna(v), dtype=bool)]) for v in before]
-    visits = np.concatenate([*old, present])
-    levels = pd.unique(visits).size
+    present = pd.unique(_text(values[~missing]))
+    seen = frozenset().union(*(b.levels for b in before))
+    visits = int((~missing).sum()) + sum(b.count for b in before)
+    levels = len(seen.union(present))
     if levels > MAX_TEXT_LEVELS:
         why = f"more than the {MAX_TEXT_LEVELS} a fit takes"
-    elif levels == visits.size >= MIN_ID_VISITORS:
+    elif levels == visits >= MIN_ID_VISITORS:
         why = "a different value for every visit: an identifier"
     else:
         return
@@ -1247,7 +1300,7 @@ def _check_text_levels(name, values, missing, keys, before) -> None:
         f"{str(keys[i])!r} ({values[i]!r})" for i in np.flatnonzero(~missing)[:MAX_SHOWN]
     )
     raise ValueError(
-        f"covariate {name!r} has {levels:,} distinct text values over the {visits.size:,} "
+        f"covariate {name!r} has {levels:,} distinct text values over the {visits:,} "
         f"visits recorded with this batch ({why}), e.g. visitors {shown}: a per-visitor value "
         "(a session id, an e-mail) is no covariate; drop the column (or bucket it) before "
         "recording; exp.remove_covariate(name, reason=...) removes it from what is already "
