@@ -1085,17 +1085,34 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         ``command(name, help, epilog)`` adds a sub-command and returns its parser (as
         :func:`pytyche.cli.build_parser` defines it).
     """
-    seed = {"type": bounded_int(0, MAX_SEED), "default": 0, "help": "seed (0 to 2**64 - 1)"}
+    for add in (
+        _add_start,
+        _add_plan,
+        _add_assign,
+        _add_record,
+        _add_remove,
+        _add_advance,
+        _add_srm,
+        _add_evaluate,
+    ):
+        add(command)
 
-    def store_argument(parser: argparse.ArgumentParser, what: str) -> None:
-        parser.add_argument("store", type=Path, metavar="STORE", help=what)
 
+# The --seed option of `start` and `evaluate`.
+SEED_ARGUMENT = {"type": bounded_int(0, MAX_SEED), "default": 0, "help": "seed (0 to 2**64 - 1)"}
+
+
+def _store_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("store", type=Path, metavar="STORE", help=what)
+
+
+def _add_start(command: Callable[..., argparse.ArgumentParser]) -> None:
     start = command(
         "start",
         "create an experiment store: arms, cells, schedule and fit settings; round 0 planned",
         EXAMPLES["start"],
     )
-    store_argument(start, "the experiment store (a directory) to create")
+    _store_argument(start, "the experiment store (a directory) to create")
     start.add_argument(
         "--arms",
         type=_arm_list,
@@ -1189,7 +1206,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     start.add_argument(
         "--seed",
         **{
-            **seed,
+            **SEED_ARGUMENT,
             "default": None,
             "help": "assignment hash key and base of the fit seeds (default: drawn at random, "
             "printed and kept)",
@@ -1208,8 +1225,10 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     start.set_defaults(handler=start_command)
 
+
+def _add_plan(command: Callable[..., argparse.ArgumentParser]) -> None:
     plan = command("plan", "show the current round's plan; write it as JSON", EXAMPLES["plan"])
-    store_argument(plan, "the experiment store")
+    _store_argument(plan, "the experiment store")
     plan.add_argument(
         "--out",
         type=Path,
@@ -1237,12 +1256,14 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     plan.set_defaults(handler=plan_command)
 
+
+def _add_assign(command: Callable[..., argparse.ArgumentParser]) -> None:
     assign = command(
         "assign",
         "assign visitors to a cell and an arm with the current plan (sticky, logged)",
         EXAMPLES["assign"],
     )
-    store_argument(assign, "the experiment store (its assignment log is updated)")
+    _store_argument(assign, "the experiment store (its assignment log is updated)")
     assign.add_argument(
         "visitors",
         type=Path,
@@ -1258,10 +1279,12 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     assign.set_defaults(handler=assign_command)
 
+
+def _add_record(command: Callable[..., argparse.ArgumentParser]) -> None:
     record = command(
         "record", "record outcomes of the current round's assigned visitors", EXAMPLES["record"]
     )
-    store_argument(record, "the experiment store")
+    _store_argument(record, "the experiment store")
     record.add_argument(
         "outcomes",
         type=Path,
@@ -1280,12 +1303,14 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     record.set_defaults(handler=record_command)
 
+
+def _add_remove(command: Callable[..., argparse.ArgumentParser]) -> None:
     remove = command(
         "remove",
         "remove recorded visits (--visitors) or a covariate (--covariate); kept in the audit trail",
         EXAMPLES["remove"],
     )
-    store_argument(remove, "the experiment store")
+    _store_argument(remove, "the experiment store")
     what = remove.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--visitors",
@@ -1307,12 +1332,14 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     remove.set_defaults(handler=remove_command)
 
+
+def _add_advance(command: Callable[..., argparse.ArgumentParser]) -> None:
     advance = command(
         "advance",
         "close the round: SRM check, refit the posterior and the tree, plan the next round",
         EXAMPLES["advance"],
     )
-    store_argument(advance, "the experiment store")
+    _store_argument(advance, "the experiment store")
     advance.add_argument(
         "--posterior-out",
         type=Path,
@@ -1325,12 +1352,14 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     advance.set_defaults(handler=advance_command)
 
+
+def _add_srm(command: Callable[..., argparse.ArgumentParser]) -> None:
     srm = command(
         "srm",
         "sample ratio check of every recorded round; exit status 3 when one is flagged",
         EXAMPLES["srm"],
     )
-    store_argument(srm, "the experiment store")
+    _store_argument(srm, "the experiment store")
     srm.add_argument(
         "--threshold",
         type=open_interval("threshold"),
@@ -1342,12 +1371,14 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     srm.set_defaults(handler=srm_command)
 
+
+def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
     evaluate = command(
         "evaluate",
         "off-policy value of a plan (or weights) on the visitors recorded so far",
         EXAMPLES["evaluate"],
     )
-    store_argument(evaluate, "the experiment store")
+    _store_argument(evaluate, "the experiment store")
     policy = evaluate.add_mutually_exclusive_group(required=True)
     policy.add_argument(
         "--plan", type=Path, default=None, metavar="PLAN.json", help="a plan: pytyche plan --out"
@@ -1391,7 +1422,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="bootstrap resamples of the visitors, at least 10 / (1 - ci) (default: none, a "
         "deterministic skewness-corrected interval; 0: a normal interval)",
     )
-    evaluate.add_argument("--seed", **{**seed, "help": "seed of the bootstrap"})
+    evaluate.add_argument("--seed", **{**SEED_ARGUMENT, "help": "seed of the bootstrap"})
     evaluate.add_argument(
         "--out", type=Path, default=None, metavar="FILE", help="also write the estimate as JSON"
     )
