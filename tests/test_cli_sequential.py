@@ -226,9 +226,9 @@ def test_a_whole_loop_through_the_cli_equals_the_api(tmp_path, capsys, fake_fit)
 @pytest.fixture
 def stores(tmp_path):
     """Paths the bad-input cases name: a fresh store, one with round 0 recorded, files."""
-    fresh = sequential_experiment(ARMS, schedule=200, seed=1)
+    fresh = sequential_experiment(ARMS, schedule=200, seed=1, name="fresh")
     fresh.to_zarr(tmp_path / "fresh")
-    recorded = sequential_experiment(ARMS, schedule=200, seed=1)
+    recorded = sequential_experiment(ARMS, schedule=200, seed=1, name="recorded")
     assigned = recorded.plan().assign(visitors(200, 0))
     recorded.record(logged_observed(with_outcome(assigned, 0)))
     recorded.to_zarr(tmp_path / "recorded")

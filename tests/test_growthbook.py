@@ -128,7 +128,7 @@ def test_the_feature_has_one_rule_per_segment_and_cell_with_fixed_hashes():
 
 
 def test_rules_after_an_everyone_segment_and_empty_cells_are_left_out():
-    exp = sequential_experiment(ARMS, seed=3, min_control_weight=0.0)
+    exp = sequential_experiment(ARMS, seed=3, name="shares", min_control_weight=0.0)
     rules = exp.plan().to_growthbook(FEATURE)["features"][FEATURE]["rules"]
     assert [r["key"].rsplit("/", 2)[1:] for r in rules] == [
         ["segment=0", "cell=explore"],
@@ -345,7 +345,7 @@ def logged_observed_table(observed):
 
 
 def test_recorded_exposures_pass_record_srm_and_evaluate_policy():
-    exp = sequential_experiment(ARMS, seed=11, schedule=3_000)
+    exp = sequential_experiment(ARMS, seed=11, name="stickiness", schedule=3_000)
     plan = exp.plan()
     visitors = synthetic_visitors(3_000, seed=2)
     events, _ = serve(plan.to_growthbook(FEATURE), visitors)
@@ -460,6 +460,7 @@ def test_three_rounds_served_by_the_sdk_recorded_and_advanced():
     exp = sequential_experiment(
         ARMS,
         seed=9,
+        name="loop",
         schedule=[1_500, 1_500, 3_000],
         min_visitors_per_arm=50,
         family="continuous",

@@ -437,7 +437,7 @@ def test_experiment_view_lists_rounds_and_shows_the_current_plan(monkeypatch):
 
     monkeypatch.setattr(experiment_module, "fit", no_fit)
     exp = sequential_experiment(
-        ARMS, schedule=300, min_visitors_per_arm=1_000, seed=4, family="continuous"
+        ARMS, schedule=300, min_visitors_per_arm=1_000, seed=4, name="html", family="continuous"
     )
     served = exp.plan().assign(_visitors(300, 0))
     served["outcome"] = np.random.default_rng(0).normal(size=len(served))

@@ -339,7 +339,7 @@ def test_srm_table_shows_counts_p_values_and_flags():
 
 def test_srm_of_an_experiment_is_its_srm_table():
     arms = ["control", "A", "B"]
-    exp = sequential_experiment(arms, family="continuous", schedule=400, seed=4)
+    exp = sequential_experiment(arms, family="continuous", schedule=400, seed=4, name="plot")
     with pytest.raises(ValueError, match="nothing recorded yet"):
         pt.plot.srm(exp)
     rng = np.random.default_rng(0)

@@ -659,3 +659,14 @@ def test_integer_literal_beyond_the_float_range_is_rejected_at_parse_time():
     with pytest.raises(ValueError, match="beyond the float range"):
         SegmentRule.parse("x > 1" + "0" * 400)
     assert SegmentRule.parse(f"x > {2**70}").clauses[0].value == 2**70
+
+
+def test_a_text_literal_with_a_nul_character_is_refused():
+    # numpy's fixed-width text drops trailing NULs, so "\x00" would match "" silently (found by
+    # the GrowthBook translation test: the SDK, rightly, does not match them).
+    for make in (
+        lambda: SegmentRule.parse("device == 'a\x00'"),
+        lambda: Clause("device", "in", ("mobile", "\x00")),
+    ):
+        with pytest.raises(ValueError, match="holds a NUL character"):
+            make()

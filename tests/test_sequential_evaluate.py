@@ -88,7 +88,7 @@ def test_weights_and_diagnostics_by_hand():
 
 
 def test_the_logging_plan_evaluates_to_the_observed_mean():
-    exp = sequential_experiment(ARMS, schedule=500)
+    exp = sequential_experiment(ARMS, schedule=500, seed=1, name="evaluate")
     plan = exp.plan()
     frame = pd.DataFrame({"visitor_id": range(500), "device": ["mobile", "desktop"] * 250})
     out = plan.assign(frame)

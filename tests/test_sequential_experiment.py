@@ -72,7 +72,13 @@ class FakeFit:
 
 
 def experiment(**kwargs):
-    options = {"schedule": 400, "min_visitors_per_arm": 20, "family": "continuous", "seed": 4}
+    options = {
+        "schedule": 400,
+        "min_visitors_per_arm": 20,
+        "family": "continuous",
+        "seed": 4,
+        "name": "test",
+    }
     return sequential_experiment(ARMS, **{**options, **kwargs})
 
 

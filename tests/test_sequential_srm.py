@@ -190,7 +190,7 @@ def test_counts_in_one_pass_over_numpy_or_dask_columns():
 
 def two_segment_experiment() -> SequentialExperiment:
     """An experiment whose current plan gives mobile visitors A and everyone else B."""
-    exp = sequential_experiment(["control", "A", "B"], schedule=20_000, seed=5)
+    exp = sequential_experiment(["control", "A", "B"], schedule=20_000, seed=5, name="srm")
     plan = RoundPlan(
         round=0,
         size=20_000,

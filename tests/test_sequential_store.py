@@ -58,7 +58,12 @@ def play_round(exp, seed):
 
 def test_resumed_experiment_gives_bit_identical_next_plans(tmp_path):
     exp = sequential_experiment(
-        ["control", "A", "B"], schedule=600, min_visitors_per_arm=50, fit_options=FIT, seed=9
+        ["control", "A", "B"],
+        schedule=600,
+        min_visitors_per_arm=50,
+        fit_options=FIT,
+        seed=9,
+        name="resume",
     )
     play_round(exp, 1)
     exp.advance()
@@ -91,7 +96,7 @@ def test_resumed_experiment_gives_bit_identical_next_plans(tmp_path):
 
 
 def test_save_replaces_only_experiment_stores(tmp_path):
-    exp = sequential_experiment(["control", "A"], schedule=50)
+    exp = sequential_experiment(["control", "A"], schedule=50, seed=2, name="replace")
     target = tmp_path / "exp"
     exp.to_zarr(target)
     assert open_experiment(target).round == 0
@@ -123,7 +128,7 @@ def test_save_replaces_only_experiment_stores(tmp_path):
 
 
 def small_experiment():
-    return sequential_experiment(["control", "A"], schedule=50)
+    return sequential_experiment(["control", "A"], schedule=50, seed=3, name="small")
 
 
 def assign(exp, first, n):
@@ -199,7 +204,7 @@ def test_a_stale_notebook_save_is_refused_and_loses_nothing(tmp_path):
     assert open_experiment(path).recorded().sizes["visitor"] == 18
 
     # Another experiment over the store: refused unless overwrite=True.
-    other = sequential_experiment(["control", "A", "B"], schedule=50)
+    other = sequential_experiment(["control", "A", "B"], schedule=50, seed=3, name="other")
     with pytest.raises(FileExistsError, match=r"holds another experiment.*overwrite=True"):
         other.to_zarr(path)
     assert open_experiment(path).recorded().sizes["visitor"] == 18

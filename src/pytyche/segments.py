@@ -83,6 +83,11 @@ def _literal(value: Any) -> bool | int | float | str:
             raise ValueError(f"literal must be a finite number, got {value!r}")
         return float(value)
     if isinstance(value, str):
+        if "\x00" in value:  # numpy's fixed-width text drops trailing NULs: "a\0" == "a"
+            raise ValueError(
+                f"text literal {value!r} holds a NUL character, which cannot be matched "
+                "exactly; remove it from the rule"
+            )
         return str(value)
     raise ValueError(
         f"literal must be a str, int, float or bool, got {value!r} ({type(value).__name__})"
