@@ -100,7 +100,9 @@ names = st.one_of(
     st.text(min_size=1, max_size=5),
 )
 awkward_text = st.one_of(
-    st.text(st.sampled_from("ab '\"\\\n\t`,()"), max_size=6), st.text(max_size=5)
+    st.text(st.sampled_from("ab '\"\\\n\t`,()"), max_size=6),
+    # NUL is refused in literals (numpy's text drops trailing NULs): see the test below.
+    st.text(st.characters(exclude_characters="\x00"), max_size=5),
 )
 numbers = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
 literals = st.one_of(st.booleans(), numbers, awkward_text)

@@ -398,6 +398,22 @@ def test_record_refuses_a_per_visitor_text_covariate():
     exp.record(logged_observed(out))
 
 
+def test_record_refuses_text_a_segment_rule_could_not_match():
+    # A NUL character in a hand-built Dataset (object text keeps it; numpy's fixed-width text
+    # would drop it): the rule a tree writes on it is refused, so advance would fail.
+    exp = experiment()
+    observed = logged_observed(serve(exp.plan()))
+    n = observed.sizes["visitor"]
+    tier = np.array(["gold" if i % 2 else "basic\x00" for i in range(n)], dtype=object)
+    refused(
+        exp,
+        observed.assign_coords(plan_tier=("visitor", tier)),
+        "'plan_tier' holds a NUL character for 200 visitor(s)",
+    )
+    clean = np.where(tier == "gold", "gold", "basic").astype(object)
+    exp.record(observed.assign_coords(plan_tier=("visitor", clean)))
+
+
 def test_record_refuses_a_covariate_that_changes_kind_between_batches():
     exp = experiment()
     out = serve(exp.plan())

@@ -1271,6 +1271,15 @@ def _checked_covariate(
             "a boolean covariate needs a value for every visitor",
         )
     else:
+        text = pd.Series(np.where(missing, "", _text(values)), dtype=object)
+        _refuse_values(
+            text.str.contains("\x00", regex=False).to_numpy(dtype=bool),
+            keys,
+            name,
+            "holds a NUL character",
+            values,
+            "remove it: a segment rule cannot match such text exactly",
+        )
         _check_text_levels(name, values, missing, keys, before)
         if missing.any():
             values = np.where(missing, np.nan, _text(values)).astype(object)
