@@ -160,6 +160,38 @@ def choose_interval(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(chosen, last_positive).astype(np.int64)
 
 
+def check_visitor_table(visitors: object, why: str) -> pd.DataFrame:
+    """A visitor table: a DataFrame with a ``visitor_id`` column, or a clear error.
+
+    Parameters
+    ----------
+    visitors : object
+        What the caller was given.
+    why : str
+        What the ids are for, for the message (e.g. "assignment hashes it").
+
+    Returns
+    -------
+    pandas.DataFrame
+        `visitors`.
+
+    Raises
+    ------
+    TypeError
+        When `visitors` is not a DataFrame.
+    ValueError
+        When it has no ``visitor_id`` column, listing the columns it has.
+    """
+    if not isinstance(visitors, pd.DataFrame):
+        raise TypeError(f"visitors must be a pandas DataFrame, got {type(visitors).__name__}")
+    if "visitor_id" not in visitors.columns:
+        raise ValueError(
+            f"visitors needs a 'visitor_id' column ({why}); its columns are "
+            f"{[str(c) for c in visitors.columns]}"
+        )
+    return visitors
+
+
 def visitor_covariates(visitors: pd.DataFrame, names: Iterable[str]) -> xr.Dataset:
     """The named columns of a visitor table as covariates along ``visitor``.
 

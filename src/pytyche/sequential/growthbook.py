@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from ..segments import Clause, SegmentRule
-from .assign import visitor_keys
+from .assign import check_visitor_table, visitor_keys
 from .experiment import logged_observed
 from .plan import CELLS, NO_SEGMENT, RoundPlan
 
@@ -334,13 +334,7 @@ def growthbook_attributes(
     >>> growthbook_attributes(pd.DataFrame({"visitor_id": [7], "age": [float("nan")]}))
     [{'id': '7'}]
     """
-    if not isinstance(visitors, pd.DataFrame):
-        raise TypeError(f"visitors must be a pandas DataFrame, got {type(visitors).__name__}")
-    if "visitor_id" not in visitors.columns:
-        raise ValueError(
-            "visitors needs a 'visitor_id' column (the hash attribute's value); its columns "
-            f"are {[str(c) for c in visitors.columns]}"
-        )
+    check_visitor_table(visitors, "the hash attribute's value")
     if hash_attribute in visitors.columns:
         raise ValueError(
             f"visitors has a column {hash_attribute!r}, the hash attribute's name: rename it "

@@ -25,7 +25,13 @@ import xarray as xr
 from .. import _html
 from ..policy_tree import PolicyTreeResult
 from ..segments import SegmentRule, membership
-from .assign import choose_interval, visitor_covariates, visitor_keys, visitor_uniforms
+from .assign import (
+    check_visitor_table,
+    choose_interval,
+    visitor_covariates,
+    visitor_keys,
+    visitor_uniforms,
+)
 
 __all__ = [
     "CELLS",
@@ -512,13 +518,7 @@ class RoundPlan:
         >>> list(out.columns)
         ['visitor_id', 'round', 'cell', 'segment', 'arm', 'propensity']
         """
-        if not isinstance(visitors, pd.DataFrame):
-            raise TypeError(f"visitors must be a pandas DataFrame, got {type(visitors).__name__}")
-        if "visitor_id" not in visitors.columns:
-            raise ValueError(
-                "visitors needs a 'visitor_id' column (assignment hashes it); its columns are "
-                f"{[str(c) for c in visitors.columns]}"
-            )
+        check_visitor_table(visitors, "assignment hashes it")
         clash = [c for c in ("round", "cell", "segment", "arm", "propensity") if c in visitors]
         if clash:
             raise ValueError(

@@ -835,15 +835,12 @@ def _load_recorded(source: Path, parts: list[dict], logged_ids: np.ndarray) -> x
         if part["rows"] is not None and table.sizes["row"] != int(part["rows"]):
             raise _damaged(
                 source,
-                f"the part {name} holds {table.sizes['row']:,} rows, {MARKER} lists "
-                f"{part['rows']}",
+                f"the part {name} holds {table.sizes['row']:,} rows, {MARKER} lists {part['rows']}",
             )
         levels = json.loads(table.attrs["levels"])
         for column in json.loads(table.attrs["columns"]):
             values = table[column].data
-            labels = None
-            if column in levels:
-                labels = np.array([*levels[column], np.nan], dtype=object)
+            labels = _labels(levels[column]) if column in levels else None
             dtype = object if labels is not None else values.dtype
             values = values.map_blocks(_read_block, str(source / name), labels, dtype=dtype)
             columns.setdefault(column, []).append(values)
@@ -866,9 +863,17 @@ def _read_block(values: np.ndarray, part: str, labels: np.ndarray | None) -> np.
             f"the store part {part} was removed by a later save (another writer rewrote this "
             "round): open the experiment store again"
         )
-    if labels is None:
-        return values
-    return labels[np.where(values < 0, len(labels) - 1, values)]  # -1 (missing): NaN
+    return values if labels is None else _decoded(values, labels)
+
+
+def _labels(levels: list) -> np.ndarray:
+    """A text column's levels, then NaN: the label of code -1 (a missing value)."""
+    return np.array([*levels, np.nan], dtype=object)
+
+
+def _decoded(codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Text from its codes (pure): -1 reads the last label, NaN."""
+    return labels[np.where(codes < 0, len(labels) - 1, codes)]
 
 
 def _part_name(source: Path, part: dict) -> str:
@@ -931,8 +936,7 @@ def _decode_table(ds: xr.Dataset) -> pd.DataFrame:
     for name in json.loads(ds.attrs["columns"]):
         values = ds[name].values
         if name in levels:
-            table = np.array([*levels[name], np.nan], dtype=object)
             # Text stays object dtype (pandas would otherwise infer its string dtype).
-            values = pd.Series(table[np.where(values < 0, len(levels[name]), values)], dtype=object)
+            values = pd.Series(_decoded(values, _labels(levels[name])), dtype=object)
         columns[name] = values
     return pd.DataFrame(columns)
